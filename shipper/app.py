@@ -1,0 +1,209 @@
+"""The composition root: builds every component from a Config and runs them in the right order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from shipper.checkpoints import CheckpointStore
+from shipper.config import (
+    Config,
+    ConsoleOutputConfig,
+    DockerJsonSourceConfig,
+    FileOutputConfig,
+    OutputConfig,
+    SourceConfig,
+)
+from shipper.errors import ShipperError
+from shipper.model import RecordGroup
+from shipper.pipeline.budget import ByteBudget
+from shipper.pipeline.output import OutputRunner
+from shipper.pipeline.pipeline import Pipeline
+from shipper.pipeline.sender import Sender
+from shipper.sinks import Sink
+from shipper.sinks.console import ConsoleSink
+from shipper.sinks.dead_letter import DeadLetterFile
+from shipper.sinks.file import FileSink
+from shipper.sources.docker import DockerJsonSource
+from shipper.telemetry.counters import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def _file_sink(config: OutputConfig) -> Sink:
+    assert isinstance(config, FileOutputConfig)  # noqa: S101 - the registry key guarantees it
+    return FileSink(config.path, fsync=config.fsync)
+
+
+def _console_sink(config: OutputConfig) -> Sink:
+    assert isinstance(config, ConsoleOutputConfig)  # noqa: S101 - the registry key guarantees it
+    return ConsoleSink(config.stream)
+
+
+# Output types by their `type:` in the config; an explicit table, not import side effects.
+SINKS: dict[str, Callable[[OutputConfig], Sink]] = {
+    "file": _file_sink,
+    "console": _console_sink,
+}
+
+
+def _build_source(
+    name: str,
+    config: SourceConfig,
+    store: CheckpointStore,
+    pipeline: Pipeline,
+    telemetry: Telemetry,
+) -> DockerJsonSource:
+    if isinstance(config, DockerJsonSourceConfig):
+        return DockerJsonSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+    raise ShipperError(f"sources.{name}: unsupported source type")
+
+
+class App:
+    """One running shipper: sources → pipeline → outputs, checkpoints flushed on an interval.
+
+    Shutdown order (on `stop`): stop reading; let the outputs send what was read, within
+    `pipeline.shutdown_timeout`; then flush the checkpoints, which by then cover every record
+    that reached a final outcome. Whatever did not settle in time is read again next start.
+    """
+
+    def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.store = CheckpointStore(
+            config.checkpoint_path, on_corrupt=config.checkpoints.on_corrupt
+        )
+        self.dead_letters = DeadLetterFile(config.dead_letter_path)
+        self.budget = ByteBudget(config.pipeline.max_buffered_bytes, self.telemetry)
+        self.outputs = [self._build_output(name, cfg) for name, cfg in config.outputs.items()]
+        self.pipeline = Pipeline(self.outputs, self.budget, self.telemetry)
+        self.sources: list[DockerJsonSource] = []
+        self.started = asyncio.Event()
+
+    def _build_output(self, name: str, config: OutputConfig) -> OutputRunner:
+        sink = SINKS[config.type](config)
+        sender = Sender(
+            name,
+            sink,
+            initial_backoff=config.retry.initial_backoff,
+            max_backoff=config.retry.max_backoff,
+            max_attempts=config.retry.max_attempts,
+            dead_letter=self._dead_letter,
+            telemetry=self.telemetry,
+        )
+        return OutputRunner(
+            name,
+            sink,
+            sender,
+            inputs=config.inputs,
+            max_records=config.batch.max_records,
+            max_bytes=config.batch.max_bytes,
+            linger=config.batch.linger,
+            max_in_flight=config.max_in_flight,
+            telemetry=self.telemetry,
+        )
+
+    async def _dead_letter(self, output: str, rejected: list[tuple[RecordGroup, int, str]]) -> None:
+        await self.dead_letters.write(output, rejected)
+        log.warning(
+            "Records dead-lettered.",
+            extra={"output": output, "count": len(rejected), "file": str(self.dead_letters.path)},
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down in order; ShipperError if it cannot start."""
+        self.store.load()
+        if self.store.set_aside_path is not None:
+            log.error(
+                "Checkpoint file was corrupt; set it aside and started fresh.",
+                extra={
+                    "set_aside": str(self.store.set_aside_path),
+                    "reason": self.store.corrupt_reason,
+                },
+            )
+        for output in self.outputs:
+            await output.sink.open()
+        self.sources = [
+            _build_source(name, cfg, self.store, self.pipeline, self.telemetry)
+            for name, cfg in self.config.sources.items()
+        ]
+        output_tasks = [
+            asyncio.create_task(output.run(), name=f"output:{output.name}")
+            for output in self.outputs
+        ]
+        source_tasks = [
+            asyncio.create_task(source.run(), name=f"source:{source.name}")
+            for source in self.sources
+        ]
+        flusher = asyncio.create_task(self._flush_periodically(), name="checkpoints")
+        log.info(
+            "shipper started.",
+            extra={
+                "sources": list(self.config.sources),
+                "outputs": list(self.config.outputs),
+                "checkpoints": str(self.config.checkpoint_path),
+            },
+        )
+        self.started.set()
+        failure: BaseException | None = None
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                [stopping, *output_tasks, *source_tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stopping and not task.cancelled() and task.exception():
+                    failure = task.exception()
+        finally:
+            stopping.cancel()
+            await self._shutdown(source_tasks, output_tasks, flusher)
+        if failure is not None:
+            raise failure
+
+    async def _shutdown(
+        self,
+        source_tasks: list[asyncio.Task[None]],
+        output_tasks: list[asyncio.Task[None]],
+        flusher: asyncio.Task[None],
+    ) -> None:
+        log.info("Stopping: no more reading; finishing what is in flight.")
+        for task in source_tasks:
+            task.cancel()
+        await asyncio.gather(*source_tasks, return_exceptions=True)
+        for output in self.outputs:
+            output.close()
+        timeout = self.config.pipeline.shutdown_timeout
+        _, unfinished = (
+            await asyncio.wait(output_tasks, timeout=timeout) if output_tasks else ((), ())
+        )
+        if unfinished:
+            log.warning(
+                "Outputs did not finish in time; their records are read again at the next start.",
+                extra={"timeout_s": timeout, "buffered_bytes": self.budget.used},
+            )
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        for output in self.outputs:
+            await output.sink.close()
+        self.flush_checkpoints()
+        log.info("shipper stopped.", extra={"checkpoints": str(self.config.checkpoint_path)})
+
+    def flush_checkpoints(self) -> None:
+        if self.store.flush():
+            self.telemetry.inc("shipper_checkpoint_flushes_total")
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoints.flush_interval)
+            try:
+                self.flush_checkpoints()
+            except ShipperError as exc:
+                # A full or read-only disk: keep shipping; the next flush tries again, and the
+                # worst case of a crash meanwhile is more duplicates, never a loss.
+                log.error("Cannot write checkpoints.", extra={"error": str(exc)})

@@ -1,0 +1,565 @@
+"""The YAML file that drives shipper: strict parsing, ${ENV} expansion, a frozen pydantic model."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from shipper.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "BatchConfig",
+    "ByteSize",
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "ConsoleOutputConfig",
+    "DeadLetterConfig",
+    "DockerJsonSourceConfig",
+    "Duration",
+    "FileOutputConfig",
+    "LoggingConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "RetryConfig",
+    "SourceConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_ORIGIN = "<embedded default>"
+"""How errors name the config embedded in the package (shipper/default.yaml)."""
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# -------------------------------------------------------------------------------------------------
+# Value types. Validators raise PydanticCustomError so the message is exactly ours: it never quotes
+# the value, which may come from a secret environment variable. Our error kinds start "config_".
+
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_DURATION_RE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m|h)?")
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[A-Za-z]+)?")
+_NAME_RE = re.compile(r"[a-z0-9_-]+")
+
+
+def _negative() -> PydanticCustomError:
+    return PydanticCustomError("config_negative", "must not be negative")
+
+
+def _parse_duration(value: object) -> float:
+    """Seconds from a plain number or "<number><ms|s|m|h>"; a bare number string is seconds too."""
+    invalid = PydanticCustomError(
+        "config_duration",
+        "invalid duration: expected a number with a unit such as 250ms, 5s, 1m or 2h",
+    )
+    # bool is an int subclass: `linger: yes` is a mistake, not one second.
+    if isinstance(value, bool):
+        raise invalid
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise invalid
+        if value < 0:
+            raise _negative()
+        return float(value)
+    if not isinstance(value, str):
+        raise invalid
+    text = value.strip()
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        raise _negative() if text.startswith("-") and _DURATION_RE.fullmatch(text[1:]) else invalid
+    number = Decimal(match["number"]) * _DURATION_UNITS[match["unit"] or "s"]
+    return float(number)
+
+
+def _parse_size(value: object) -> int:
+    """Bytes from a plain integer or "<number><unit>"; KiB, MiB… are binary, KB, MB… decimal."""
+    invalid = PydanticCustomError(
+        "config_size", "invalid size: expected a number with a unit such as 5MiB"
+    )
+    if isinstance(value, bool):
+        raise invalid
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise invalid
+        if value < 0:
+            raise _negative()
+        number = Decimal(str(value))
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _SIZE_RE.fullmatch(text)
+        if match is None:
+            raise _negative() if text.startswith("-") and _SIZE_RE.fullmatch(text[1:]) else invalid
+        # Units are case-insensitive: "5mb" in a config always means megabytes, never megabits.
+        multiplier = _SIZE_UNITS.get((match["unit"] or "b").lower())
+        if multiplier is None:
+            raise invalid
+        number = Decimal(match["number"]) * multiplier
+    else:
+        raise invalid
+    if number != number.to_integral_value():
+        raise PydanticCustomError(
+            "config_size_fraction", "invalid size: not a whole number of bytes"
+        )
+    return int(number)
+
+
+def _at_least(minimum: int, shown: str) -> Callable[[int], int]:
+    """A lower bound whose message speaks in the unit a user would write ("4KiB", not 4096)."""
+
+    def check(value: int) -> int:
+        if value < minimum:
+            raise PydanticCustomError(
+                "config_too_small", "must be at least {minimum}", {"minimum": shown}
+            )
+        return value
+
+    return check
+
+
+def _positive(value: float) -> float:
+    # An interval of zero would turn a wait into a busy loop.
+    if value <= 0:
+        raise PydanticCustomError("config_not_positive", "must be greater than zero")
+    return value
+
+
+def _non_empty_path(value: object) -> object:
+    # `${UNSET:-}` yields "", which Path() would silently turn into the current directory.
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("config_empty_path", "must not be empty")
+    return value
+
+
+def _check_name(value: object) -> str:
+    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "config_name", "invalid name: use only lowercase letters, digits, '_' and '-'"
+        )
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+"""Seconds, written "250ms", "1.5s", "1m", "2h" or as a plain number of seconds."""
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size)]
+"""Bytes, written "512B", "256KiB", "10MiB", "1GiB" (binary), "5MB" (decimal) or a plain integer."""
+
+_PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+_Path = Annotated[Path, BeforeValidator(_non_empty_path)]
+_Name = Annotated[str, BeforeValidator(_check_name)]
+
+# -------------------------------------------------------------------------------------------------
+# The schema.
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors keeps values out of pydantic's str(), _format_errors out of ours.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class DockerJsonSourceConfig(_Model):
+    """Container logs written by Docker's json-file driver: <root>/<id>/<id>-json.log*."""
+
+    type: Literal["docker_json"]
+    root: _Path = Path("/var/lib/docker/containers")
+    # Only for files present at the very first start (no checkpoint file yet); later files are
+    # always read from their beginning, otherwise lines written between two runs would be lost.
+    start_at: Literal["beginning", "end"] = "beginning"
+    rescan_interval: _PositiveDuration = 10.0
+    watch: bool = True
+    read_chunk_size: Annotated[ByteSize, AfterValidator(_at_least(4 * KiB, "4KiB"))] = 256 * KiB
+    # How often a file at its end is checked for growth.
+    poll_interval: _PositiveDuration = 0.25
+
+
+# One member for now; a new source type is a new class added to this union.
+SourceConfig = Annotated[DockerJsonSourceConfig, Field(discriminator="type")]
+
+
+class BatchConfig(_Model):
+    """A batch is sent when any of these limits is reached."""
+
+    max_records: int = Field(default=2000, gt=0)
+    max_bytes: Annotated[ByteSize, AfterValidator(_at_least(1, "1B"))] = 5 * MiB
+    linger: Duration = 0.25
+
+
+class RetryConfig(_Model):
+    """Exponential backoff between attempts to send one batch."""
+
+    # Zero would resend as fast as the destination answers, hammering one that is already failing.
+    initial_backoff: _PositiveDuration = 0.5
+    max_backoff: _PositiveDuration = 30.0
+    max_attempts: int = Field(default=0, ge=0)  # 0 = retry forever
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.initial_backoff > self.max_backoff:
+            raise PydanticCustomError(
+                "config_backoff_order", "initial_backoff must not be greater than max_backoff"
+            )
+        return self
+
+
+class _OutputBase(_Model):
+    """Options every output has, whatever its type."""
+
+    inputs: list[str] | None = None  # source names; None = every source
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    max_in_flight: int = Field(default=1, ge=1, le=64)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+
+class FileOutputConfig(_OutputBase):
+    """Appends one JSON object a line to a local file."""
+
+    type: Literal["file"]
+    path: _Path
+    fsync: bool = False
+
+
+class ConsoleOutputConfig(_OutputBase):
+    """Writes one JSON object a line to the process's stdout or stderr."""
+
+    type: Literal["console"]
+    stream: Literal["stdout", "stderr"] = "stdout"
+
+
+# A new output type is a new class added to this union.
+OutputConfig = Annotated[FileOutputConfig | ConsoleOutputConfig, Field(discriminator="type")]
+
+
+class PipelineConfig(_Model):
+    max_buffered_bytes: Annotated[ByteSize, AfterValidator(_at_least(MiB, "1MiB"))] = 64 * MiB
+    shutdown_timeout: Duration = 10.0
+
+
+class CheckpointConfig(_Model):
+    path: _Path | None = None  # None = <state_dir>/checkpoints.json
+    flush_interval: _PositiveDuration = 1.0
+    on_corrupt: Literal["fail", "reset"] = "fail"
+
+
+class DeadLetterConfig(_Model):
+    path: _Path | None = None  # None = <state_dir>/dead-letter.ndjson
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Model):
+    """The whole configuration; build it with load_config() or parse_config()."""
+
+    state_dir: _Path = Path("/var/lib/shipper")
+    sources: dict[_Name, SourceConfig]
+    outputs: dict[_Name, OutputConfig]
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.checkpoints.path or self.state_dir / "checkpoints.json"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.dead_letter.path or self.state_dir / "dead-letter.ndjson"
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        # A model validator cannot give its error a location, so each line carries its own path. The
+        # source name is not quoted: it is a value, and values are never echoed.
+        problems: list[str] = []
+        if not self.sources:
+            problems.append("sources: define at least one source")
+        if not self.outputs:
+            problems.append("outputs: define at least one output")
+        defined = ", ".join(sorted(self.sources)) or "none"
+        for name, output in self.outputs.items():
+            if output.inputs is None:
+                continue
+            if not output.inputs:
+                problems.append(
+                    f"outputs.{name}.inputs: name at least one source, or leave it out for all"
+                )
+            problems.extend(
+                f"outputs.{name}.inputs[{index}]: no source of this name (defined: {defined})"
+                for index, source in enumerate(output.inputs)
+                if source not in self.sources
+            )
+        if problems:
+            raise PydanticCustomError(
+                "config_references", "{problems}", {"problems": "\n".join(problems)}
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------------------------
+# YAML.
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in a mapping: YAML's "last one wins" hides typos."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_duplicate_keys(node, (), set())
+        return super().construct_document(node)
+
+
+def _check_duplicate_keys(node: yaml.Node, path: tuple[str | int, ...], seen: set[int]) -> None:
+    # An alias points back to a node already checked; `seen` also stops a recursive alias looping.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                _check_duplicate_keys(value_node, path, seen)
+                continue
+            key_path = (*path, key_node.value)
+            line = key_node.start_mark.line + 1
+            identity = (key_node.tag, key_node.value)
+            if identity in first_line:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"{_dotted(key_path)}: duplicate key "
+                    f"(first defined on line {first_line[identity]})",
+                    problem_mark=key_node.start_mark,
+                )
+            first_line[identity] = line
+            _check_duplicate_keys(value_node, key_path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicate_keys(item, (*path, index), seen)
+
+
+def _load_yaml(text: str, origin: str) -> object:
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        # Problem and context only: str(error) adds a snippet of the file, which may hold a secret.
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({error.context})" if error.context else ""
+        message = f"{origin}: {where}{error.problem}{context}"
+    except yaml.reader.ReaderError as error:
+        message = f"{origin}: character {error.position}: {error.reason}"
+    except yaml.YAMLError:
+        message = f"{origin}: not valid YAML"
+    finally:
+        loader.dispose()
+    # Raised outside the except clause so the YAML error, whose snippet of the file may hold a
+    # secret, is not even kept as __context__ for a crash reporter to print.
+    raise ConfigError(message)
+
+
+# -------------------------------------------------------------------------------------------------
+# ${VAR} expansion.
+
+_REFERENCE_RE = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\})?")
+_VARIABLE_RE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def _expand(
+    value: object, path: tuple[str | int, ...], environ: Mapping[str, str], problems: list[str]
+) -> object:
+    """Expand ${VAR} and ${VAR:-default} in string values, recursively; keys are left untouched."""
+    if isinstance(value, str):
+        return _expand_string(value, path, environ, problems)
+    if isinstance(value, list):
+        return [_expand(item, (*path, i), environ, problems) for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, (*path, _path_part(key)), environ, problems)
+            for key, item in value.items()
+        }
+    return value
+
+
+def _expand_string(
+    text: str, path: tuple[str | int, ...], environ: Mapping[str, str], problems: list[str]
+) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "$${":
+            return "${"
+        variable = _VARIABLE_RE.fullmatch(match["body"]) if match["close"] else None
+        if variable is None:
+            problems.append(
+                f"{_dotted(path)}: invalid ${{...}} reference: write ${{NAME}} or "
+                "${NAME:-default}, or $${ for a literal ${"
+            )
+            return match[0]
+        name, default = variable["name"], variable["default"]
+        found = environ.get(name)
+        # As in the shell, ":-" also replaces a variable that is set but empty.
+        if default is not None and not found:
+            return default
+        if found is None:
+            problems.append(f"{_dotted(path)}: environment variable {name} is not set")
+            return match[0]
+        return found
+
+    return _REFERENCE_RE.sub(replace, text)
+
+
+# -------------------------------------------------------------------------------------------------
+# Error messages: a dotted key path and a message of ours, never the offending value.
+
+_MESSAGES = {
+    "extra_forbidden": "unknown option",
+    "missing": "missing required option",
+    "model_type": "expected a mapping of options",
+    "model_attributes_type": "expected a mapping of options",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "path_type": "expected a path",
+}
+
+
+def _path_part(key: object) -> str | int:
+    return key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _strings_in(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in (*_strings_in(key), *_strings_in(item))]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _strings_in(item)]
+    return []
+
+
+def _describe(error: ErrorDetails) -> tuple[tuple[str | int, ...], str]:
+    """The location as the user wrote it and a message that does not contain the input."""
+    loc = list(error["loc"])
+    # Pydantic puts the discriminator's value in the location (outputs.archive.file.path) and
+    # "[key]" after a dict key that failed; neither is a key the user wrote.
+    if len(loc) >= 3 and loc[0] in ("sources", "outputs"):
+        del loc[2]
+    loc = [part for part in loc if part != "[key]"]
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "union_tag_invalid":
+        loc.append("type")
+        message = f"unknown type: expected one of {ctx['expected_tags']}"
+    elif kind == "union_tag_not_found":
+        loc.append("type")
+        message = "missing required option"
+    elif kind == "literal_error":
+        message = f"expected {ctx['expected']}"
+    elif kind.startswith("config_") or kind in _MESSAGES:
+        # Ours: written not to contain the input.
+        message = _MESSAGES.get(kind, error["msg"])
+    else:
+        message = error["msg"].replace("Input should be", "must be", 1)
+        # Pydantic's own wording: last line of defence in case a message quotes its input.
+        if any(len(s) >= 4 and s in message for s in _strings_in(error.get("input"))):
+            message = "invalid value"
+    return tuple(loc), message
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines: list[str] = []
+    for details in error.errors(include_url=False):
+        loc, message = _describe(details)
+        if loc:
+            lines.append(f"{origin}: {_dotted(loc)}: {message}")
+        else:
+            # Config-wide checks put each problem's own path at the start of its line.
+            lines.extend(f"{origin}: {line}" for line in message.splitlines())
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def parse_config(text: str, origin: str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate config text; `origin` names it in errors, `environ` is os.environ if None.
+
+    Raises ConfigError listing every problem found in the stage that failed (YAML, then ${VAR}
+    expansion, then validation), one per line.
+    """
+    data = _load_yaml(text, origin)
+    if data is None:
+        raise ConfigError(f"{origin}: the file is empty: expected a mapping of options")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of options")
+    problems: list[str] = []
+    data = _expand(data, (), os.environ if environ is None else environ, problems)
+    if problems:
+        raise ConfigError("\n".join(f"{origin}: {problem}" for problem in problems))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        message = _format_errors(error, origin)
+    # Outside the except clause: pydantic's error is not kept as __context__, as a few of its
+    # messages quote the input (e.g. an unknown `type`) even with hide_input_in_errors.
+    raise ConfigError(message)
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config file at `path`, or the default embedded in the package when it is None."""
+    if path is None:
+        text = resources.files("shipper").joinpath("default.yaml").read_text(encoding="utf-8")
+        return parse_config(text, DEFAULT_ORIGIN, environ=environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        problem = f"not valid UTF-8 (byte {error.start})"
+    except OSError as error:
+        problem = f"cannot read: {error.strerror or error}"
+    else:
+        return parse_config(text, str(path), environ=environ)
+    # Outside the except clause: a decode error carries the file's bytes, secrets included.
+    raise ConfigError(f"{path}: {problem}")

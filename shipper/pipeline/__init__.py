@@ -1,0 +1,1 @@
+"""The stages between reading and the outputs: acks, batching, sending, and the pipeline itself."""

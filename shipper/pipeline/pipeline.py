@@ -1,0 +1,63 @@
+"""Pipeline: takes each chunk a source read, decodes it once and routes it to its outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from shipper.model import Chunk, RecordGroup, Settlement
+from shipper.pipeline.acks import AckTracker, Ticket
+from shipper.pipeline.budget import ByteBudget
+from shipper.pipeline.output import OutputRunner
+from shipper.telemetry.counters import Telemetry
+
+Decoder = Callable[[Chunk], RecordGroup]
+
+
+class Pipeline:
+    """The join between sources and outputs, and the keeper of the ack invariant.
+
+    For every chunk, in file order: reserve its bytes in the budget, register its byte range
+    with the AckTracker, decode it, and hand the group to every output that takes its source.
+    The range is released (and the checkpoint may move) only when every one of those outputs
+    has settled the group; a group no output takes settles at once.
+    """
+
+    def __init__(
+        self, outputs: Sequence[OutputRunner], budget: ByteBudget, telemetry: Telemetry
+    ) -> None:
+        self.outputs = list(outputs)
+        self.tracker = AckTracker()
+        self.budget = budget
+        self._telemetry = telemetry
+
+    async def ingest(self, chunk: Chunk, decode: Decoder) -> None:
+        size = len(chunk.data)
+        await self.budget.acquire(size)
+        ticket = self.tracker.register(chunk.file.handle, chunk.end)
+        group = decode(chunk)
+        source = chunk.file.source
+        telemetry = self._telemetry
+        telemetry.inc("shipper_lines_read_total", len(group), source=source)
+        telemetry.inc("shipper_bytes_read_total", size, source=source)
+        if group.invalid_json:
+            telemetry.inc("shipper_invalid_lines_total", group.invalid_json, source=source)
+        if group.invalid_time:
+            telemetry.inc("shipper_invalid_timestamps_total", group.invalid_time, source=source)
+        self.route(group, [ticket], size)
+
+    def route(self, group: RecordGroup, tickets: list[Ticket], size: int) -> None:
+        """Send `group` to its outputs; `tickets` and `size` are released when all settle."""
+        budget = self.budget
+
+        def settled() -> None:
+            for ticket in tickets:
+                ticket.release()
+            budget.release(size)
+
+        group.settlement = Settlement(settled)
+        targets = [output for output in self.outputs if output.accepts(group.file.source)]
+        if not group:
+            targets = []  # nothing to send (blank lines only): the range settles now
+        for output in targets:
+            output.put(group)
+        group.settlement.expect(len(targets))

@@ -1,0 +1,146 @@
+"""Sender: the one place that retries, so every record of a batch reaches a final outcome."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential_jitter,
+)
+from tenacity.stop import StopBaseT
+
+from shipper.errors import RetryableSinkError
+from shipper.model import FINAL_OUTCOMES, Batch, Outcome, RecordGroup
+from shipper.sinks import Sink
+from shipper.telemetry.counters import Telemetry
+
+log = logging.getLogger(__name__)
+
+# A server's Retry-After is honoured, but a hostile one cannot park an output for a day.
+MAX_RETRY_AFTER = 300.0
+
+
+class Sender:
+    """Sends a batch until every record is final; only the records marked RETRY are resent.
+
+    Final outcomes are DELIVERED, DUPLICATE, DEAD_LETTERED (written to the dead-letter file
+    first) and DROPPED. Whole-request failures raise RetryableSinkError and are retried with
+    exponential backoff and jitter, honouring a server's Retry-After, forever by default; with a
+    limit, the records still pending when it is reached are dead-lettered, never dropped.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        sink: Sink,
+        *,
+        initial_backoff: float,
+        max_backoff: float,
+        max_attempts: int,
+        dead_letter: Callable[[str, list[tuple[RecordGroup, int, str]]], Awaitable[None]],
+        telemetry: Telemetry,
+    ) -> None:
+        self.output = output
+        self._sink = sink
+        self._backoff = wait_exponential_jitter(initial=initial_backoff, max=max_backoff)
+        self._stop: StopBaseT = (
+            stop_never if max_attempts == 0 else stop_after_attempt(max_attempts)
+        )
+        self._dead_letter = dead_letter
+        self._telemetry = telemetry
+
+    async def deliver(self, batch: Batch) -> None:
+        """Return once every record of `batch` has a final outcome at this output."""
+        pending = batch
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableSinkError),
+            wait=self._wait,
+            stop=self._stop,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        await self._attempt(pending)
+                    except _PartialRetry as partial:
+                        pending = partial.remaining
+                        raise
+        except RetryableSinkError as exc:
+            reason = f"gave up after {retrying.statistics.get('attempt_number', 1)} attempts: {exc}"
+            await self._reject([(group, index, reason) for group, index in pending.records()])
+
+    async def _attempt(self, batch: Batch) -> None:
+        """Send once; tally final outcomes; raise to retry what is left."""
+        result = await self._sink.send(batch)
+        if len(result.outcomes) != len(batch):
+            raise RuntimeError(
+                f"output {self.output} reported {len(result.outcomes)} outcomes "
+                f"for {len(batch)} records"
+            )
+        if result.acknowledged is not None:
+            result = await result.acknowledged
+        rejected: list[tuple[RecordGroup, int, str]] = []
+        retry = [False] * len(result.outcomes)
+        tally: dict[Outcome, int] = {}
+        for n, ((group, index), outcome) in enumerate(
+            zip(batch.records(), result.outcomes, strict=True)
+        ):
+            if outcome is Outcome.DEAD_LETTERED:
+                rejected.append((group, index, result.reasons.get(n, "rejected by the output")))
+            elif outcome in FINAL_OUTCOMES:
+                tally[outcome] = tally.get(outcome, 0) + 1
+            else:
+                retry[n] = True
+        if rejected:
+            await self._reject(rejected)
+        for outcome, count in tally.items():
+            self._telemetry.inc("shipper_records_total", count, output=self.output, outcome=outcome)
+        if any(retry):
+            remaining = batch.subset(retry)
+            raise _PartialRetry(len(remaining), len(batch), remaining)
+
+    async def _reject(self, rejected: list[tuple[RecordGroup, int, str]]) -> None:
+        await self._dead_letter(self.output, rejected)
+        self._telemetry.inc(
+            "shipper_records_total",
+            len(rejected),
+            output=self.output,
+            outcome=Outcome.DEAD_LETTERED,
+        )
+
+    def _wait(self, state: RetryCallState) -> float:
+        delay = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > delay:
+            delay = min(float(retry_after), MAX_RETRY_AFTER)
+        return delay
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self._telemetry.inc("shipper_retries_total", output=self.output)
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "Output failed; retrying.",
+            extra={
+                "output": self.output,
+                "attempt": state.attempt_number,
+                "delay_s": round(state.upcoming_sleep, 3),
+                "error": str(exc),
+            },
+        )
+
+
+class _PartialRetry(RetryableSinkError):
+    """Some records of a batch came back RETRY; `remaining` is what the next attempt sends."""
+
+    def __init__(self, count: int, total: int, remaining: Batch) -> None:
+        super().__init__(f"{count} of {total} records to retry")
+        self.remaining = remaining

@@ -1,0 +1,54 @@
+"""The dead-letter file: records no destination will ever accept, kept with the reason why."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from shipper.model import RecordGroup
+from shipper.sinks.ecs import build_document
+
+
+class DeadLetterFile:
+    """Appends one NDJSON line per rejected record and fsyncs before the checkpoint may move.
+
+    Each line holds the time, the output, the reason, the file and offset the record came from
+    and the document itself, so `shipper replay-dead-letters` can send it again later.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def write(self, output: str, rejected: Sequence[tuple[RecordGroup, int, str]]) -> None:
+        now = time.time()
+        lines = b"".join(
+            orjson.dumps(
+                {
+                    "time": now,
+                    "output": output,
+                    "reason": reason,
+                    "log_file": group.file.path,
+                    "offset": group.offsets[index],
+                    "document": build_document(group, index),
+                }
+            )
+            + b"\n"
+            for group, index, reason in rejected
+        )
+        await asyncio.to_thread(self._append, lines)
+
+    def _append(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,89 @@
+"""The `file` output: appends every record as one NDJSON line, acknowledging after the write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from shipper.errors import FatalSinkError, RetryableSinkError
+from shipper.model import Batch, BatchResult, Outcome
+from shipper.sinks.ecs import encode_batch
+
+log = logging.getLogger(__name__)
+
+
+class FileSink:
+    """NDJSON to a local file; with `fsync` the data is on disk before the checkpoint may move.
+
+    A batch is written whole or not at all: a failed write is cut back to where it started, so a
+    retry neither duplicates nor tears lines. A line torn by a crash is cut off at the next start
+    (its records were never acknowledged, so they are sent again).
+    """
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._fd = -1
+        self._size = 0
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self._open)
+        except OSError as exc:
+            raise FatalSinkError(f"cannot open output file {self.path}: {exc.strerror}") from exc
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        size = os.fstat(fd).st_size
+        kept = _complete_prefix(fd, size)
+        if kept < size:
+            os.ftruncate(fd, kept)
+            os.fsync(fd)
+            log.warning(
+                "Cut a torn last line from the output file.",
+                extra={"path": str(self.path), "bytes_removed": size - kept},
+            )
+        self._fd = fd
+        self._size = kept
+
+    async def send(self, batch: Batch) -> BatchResult:
+        data = encode_batch(batch)
+        try:
+            await asyncio.to_thread(self._write, data)
+        except OSError as exc:
+            raise RetryableSinkError(f"writing {self.path}: {exc.strerror}") from exc
+        return BatchResult.uniform(Outcome.DELIVERED, len(batch))
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += written
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _complete_prefix(fd: int, size: int) -> int:
+    """Length of the file up to and including its last newline."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        block = os.pread(fd, end - start, start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0

@@ -1,0 +1,1 @@
+"""Where log lines come from: discovery, identity, tailing and decoding of log files."""

@@ -1,0 +1,89 @@
+"""Bridge from watchdog's thread to the event loop: file create/move/delete hints, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+log = logging.getLogger(__name__)
+
+# Only structural events. watchdog's default mask would also deliver a modify event per write,
+# i.e. one Python call per log line; tailers find new bytes by reading at EOF instead.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+
+
+class _Forward(FileSystemEventHandler):
+    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
+        self._loop = loop
+        self._notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self._loop.call_soon_threadsafe(self._notify, os.fsdecode(path))
+
+
+class Watch:
+    """Watches a directory tree and calls `notify(path)` on the event loop for each change.
+
+    Hints only: a lost or late event costs latency, never data, because the periodic rescan is
+    the source of truth. `start` returns False (and logs why) when watching is impossible, e.g.
+    the root is missing or inotify watches are exhausted; the caller then rescans more often.
+    """
+
+    def __init__(self, root: Path, notify: Callable[[str], None]) -> None:
+        self._root = root
+        self._notify = notify
+        self._observer: BaseObserver | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._observer is not None
+
+    def start(self) -> bool:
+        observer = Observer()
+        try:
+            observer.schedule(
+                _Forward(asyncio.get_running_loop(), self._notify),
+                str(self._root),
+                recursive=True,
+                event_filter=_EVENTS,
+            )
+            observer.start()
+        except OSError as exc:
+            log.warning(
+                "Cannot watch the log root; relying on periodic rescans.",
+                extra={"root": str(self._root), "error": exc.strerror or str(exc)},
+            )
+            return False
+        self._observer = observer
+        return True
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)

@@ -1,0 +1,1 @@
+"""What shipper tells its operators: named counters and gauges, and its own JSON logs."""

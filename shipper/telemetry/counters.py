@@ -1,0 +1,119 @@
+"""Every count shipper keeps, declared once by name, readable in-process and exported later."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+
+
+class Kind(enum.StrEnum):
+    COUNTER = "counter"  # only goes up
+    GAUGE = "gauge"  # set to the current value
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+
+
+# Prometheus naming: snake_case, unit suffix, `_total` for counters. The metrics endpoint (a later
+# issue) exports exactly these; tests read them through `Telemetry.value`.
+DEFINITIONS: dict[str, Definition] = {
+    "shipper_lines_read_total": Definition(
+        Kind.COUNTER, "Complete lines read from log files.", ("source",)
+    ),
+    "shipper_bytes_read_total": Definition(
+        Kind.COUNTER, "Bytes of complete lines read from log files.", ("source",)
+    ),
+    "shipper_invalid_lines_total": Definition(
+        Kind.COUNTER,
+        "Lines that were not Docker JSON entries, shipped as raw text flagged invalid_json.",
+        ("source",),
+    ),
+    "shipper_invalid_timestamps_total": Definition(
+        Kind.COUNTER,
+        "Entries whose time could not be parsed; they carry the read time instead.",
+        ("source",),
+    ),
+    "shipper_truncations_total": Definition(
+        Kind.COUNTER, "Files truncated in place; reading restarted at offset 0.", ("source",)
+    ),
+    "shipper_bytes_lost_total": Definition(
+        Kind.COUNTER,
+        "Bytes that could not be read because their file was gone first.",
+        ("source", "reason"),
+    ),
+    "shipper_files_opened_total": Definition(
+        Kind.COUNTER, "Log files opened for reading.", ("source",)
+    ),
+    "shipper_files_closed_total": Definition(
+        Kind.COUNTER, "Log files closed after they were drained or removed.", ("source",)
+    ),
+    "shipper_open_files": Definition(Kind.GAUGE, "Log files held open now.", ("source",)),
+    "shipper_records_total": Definition(
+        Kind.COUNTER,
+        "Records that reached a final outcome at an output.",
+        ("output", "outcome"),
+    ),
+    "shipper_retries_total": Definition(
+        Kind.COUNTER, "Send attempts that will be tried again.", ("output",)
+    ),
+    "shipper_batches_total": Definition(Kind.COUNTER, "Batches handed to an output.", ("output",)),
+    "shipper_buffered_bytes": Definition(
+        Kind.GAUGE, "Bytes read but not yet settled at every output.", ()
+    ),
+    "shipper_checkpoint_flushes_total": Definition(Kind.COUNTER, "Checkpoint file writes.", ()),
+    "shipper_discovery_scans_total": Definition(
+        Kind.COUNTER, "Rescans of the source roots.", ("source",)
+    ),
+}
+
+
+class Telemetry:
+    """In-process values of every declared counter and gauge, by label values.
+
+    Increments happen once per chunk or batch, never per line, so a plain dict is cheap enough.
+    A lock guards the rare cross-thread caller (the watchdog thread); the event loop is the main
+    writer.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = (name, self._label_values(name, labels))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        key = (name, self._label_values(name, labels))
+        with self._lock:
+            self._values[key] = value
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value for exactly these labels, or the sum over all series when none are given."""
+        if name not in DEFINITIONS:
+            raise KeyError(name)
+        with self._lock:
+            if labels:
+                return self._values.get((name, self._label_values(name, labels)), 0)
+            return sum(v for (n, _), v in self._values.items() if n == name)
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        with self._lock:
+            items = list(self._values.items())
+        return [
+            (name, dict(zip(DEFINITIONS[name].labels, values, strict=True)), value)
+            for (name, values), value in items
+        ]
+
+    @staticmethod
+    def _label_values(name: str, labels: dict[str, str]) -> tuple[str, ...]:
+        definition = DEFINITIONS[name]
+        if labels.keys() != set(definition.labels):
+            raise ValueError(f"{name} takes labels {definition.labels}, got {tuple(labels)}")
+        return tuple(labels[label] for label in definition.labels)
