@@ -69,9 +69,16 @@ class App:
     that reached a final outcome. Whatever did not settle in time is read again next start.
     """
 
-    def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        telemetry: Telemetry | None = None,
+        sinks: dict[str, Callable[[OutputConfig], Sink]] | None = None,
+    ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry()
+        self._sinks = SINKS if sinks is None else sinks
         self.store = CheckpointStore(
             config.checkpoint_path, on_corrupt=config.checkpoints.on_corrupt
         )
@@ -83,7 +90,7 @@ class App:
         self.started = asyncio.Event()
 
     def _build_output(self, name: str, config: OutputConfig) -> OutputRunner:
-        sink = SINKS[config.type](config)
+        sink = self._sinks[config.type](config)
         sender = Sender(
             name,
             sink,

@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     import random
 
 __all__ = [
+    "ACCESS_LOG_SHARE",
     "DEFAULT_ENV",
     "DEFAULT_START_NS",
     "DEFAULT_STEP_NS",
+    "JSON_PAYLOAD_SHARE",
     "MAX_ENTRY_BYTES",
     "SEQ_PATTERN",
+    "STACK_TRACE_SHARE",
     "Clock",
     "ContainerLog",
     "DockerRootWriter",
@@ -232,7 +235,8 @@ def _compact_json(value: object) -> bytes:
 class ContainerLog:
     """One container's directory: its json-file log (with rotation) and its metadata files.
 
-    Not thread-safe: like one dockerd logger, it expects one writer at a time.
+    Made by `DockerRootWriter.add_container`. Not thread-safe: like one dockerd logger, it
+    expects one writer at a time.
     """
 
     def __init__(

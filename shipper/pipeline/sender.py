@@ -11,7 +11,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_never,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 from tenacity.stop import StopBaseT
 
@@ -48,7 +48,9 @@ class Sender:
     ) -> None:
         self.output = output
         self._sink = sink
-        self._backoff = wait_exponential_jitter(initial=initial_backoff, max=max_backoff)
+        # "Full jitter": a random wait up to the exponential bound, so many shippers retrying
+        # the same destination spread out instead of arriving together.
+        self._backoff = wait_random_exponential(multiplier=initial_backoff, max=max_backoff)
         self._stop: StopBaseT = (
             stop_never if max_attempts == 0 else stop_after_attempt(max_attempts)
         )

@@ -1,0 +1,66 @@
+"""The README's two commands, run as a newcomer would: from a clean clone, exactly as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+NESTED = "SHIPPER_README_TEST_NESTED"
+
+
+def quick_start_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert block, "the README's quick start has no sh block"
+    return [line.split("#", 1)[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_quick_start_has_a_demo_and_a_test_command() -> None:
+    assert quick_start_commands() == ["./dev demo", "./dev test"]
+
+
+@pytest.mark.skipif(bool(os.environ.get(NESTED)), reason="already inside the README's test run")
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"
+)
+@pytest.mark.timeout(900)
+def test_readme_commands_work_from_a_clean_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "shipper"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTEST"))}
+    env[NESTED] = "1"  # the clone's own suite must not clone again
+    demo, test = quick_start_commands()
+
+    result = subprocess.run(
+        demo,
+        shell=True,
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shipper demo: OK" in result.stdout
+    assert (clone / "demo-output" / "shipped.ndjson").stat().st_size > 0
+
+    result = subprocess.run(
+        test,
+        shell=True,
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    assert re.search(r"\d+ passed", result.stdout), result.stdout[-2000:]
