@@ -24,8 +24,8 @@ from shipper.errors import ConfigError, ShipperError
 DOCUMENTED = Path(__file__).resolve().parents[2] / "config" / "shipper.yaml"
 
 # Stand-ins for a password and a numeric PIN that reach the config through the environment.
-SECRET = "hunter2-s3cret"  # noqa: S105
-SECRET_PIN = "73519046"  # noqa: S105
+SECRET = "hunter2-s3cret"
+SECRET_PIN = "73519046"
 SECRET_ENV = {"SHIPPER_TEST_SECRET": SECRET, "SHIPPER_TEST_PIN": SECRET_PIN}
 
 MINIMAL = """
