@@ -34,8 +34,9 @@ def shipped(path: Path) -> tuple[Seqs, list[dict]]:
         [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
     )
     for document in documents:
-        seq = int(SEQ_PATTERN.search(document["message"]).group(1))
-        by_stream[(document["container"]["id"], document["stream"])].append(seq)
+        match = SEQ_PATTERN.search(document["message"])
+        if match:
+            by_stream[(document["container"]["id"], document["stream"])].append(int(match[1]))
     return by_stream, documents
 
 
@@ -215,3 +216,46 @@ async def test_filtered_output_does_not_hold_checkpoints(tmp_path: Path) -> None
     assert (
         not (tmp_path / "second.ndjson").exists() or not (tmp_path / "second.ndjson").read_bytes()
     )
+
+
+async def test_an_unfinished_last_line_waits_for_its_newline(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("slow-writer")
+    log.write("first")
+    entry = b'{"log":"second\\n","stream":"stdout","time":"2024-05-01T12:00:00.5Z"}\n'
+    with log.log_path.open("ab", buffering=0) as raw:
+        raw.write(entry[:20])  # dockerd's write is atomic, but another writer's may not be
+        app = App(make_config(tmp_path))
+        stop, task = await start(app)
+        await wait_until(lambda: delivered(app) >= 1, what="the first line")
+        for _ in range(10):  # many polls of the file: the half line must not be shipped
+            await asyncio.sleep(0.03)
+        assert delivered(app) == 1
+        raw.write(entry[20:])
+    await wait_until(lambda: delivered(app) >= 2, what="the completed line")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert [d["message"] for d in documents] == ["first", "second"]
+    assert documents[1]["@timestamp"] == "2024-05-01T12:00:00.500000000Z"
+
+
+async def test_checkpoints_of_removed_containers_go_once_drained(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path / "containers")
+    expected: Seqs = defaultdict(list)
+    write_lines(writer, "short-lived", 100, expected, seed=1)
+    write_lines(writer, "stays", 100, expected, seed=2)
+    app = App(make_config(tmp_path, extra_source="    rescan_interval: 100ms"))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 200, what="delivery")
+    await wait_until(lambda: len(app.store.entries()) == 2, what="two checkpoints")
+    gone = writer.containers["short-lived"]
+    gone.close()
+    for path in gone.directory.iterdir():
+        path.unlink()
+    gone.directory.rmdir()  # `docker rm`
+    await wait_until(lambda: len(app.store.entries()) == 1, what="the removed one's checkpoint")
+    stop.set()
+    await task
+    [entry] = app.store.entries()
+    assert writer.containers["stays"].id in entry.path
