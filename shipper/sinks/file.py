@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from shipper.errors import FatalSinkError, RetryableSinkError
+from shipper.fileio import end_of_last_line
 from shipper.model import Batch, BatchResult, Outcome
 from shipper.sinks.ecs import encode_batch
 
@@ -38,7 +39,7 @@ class FileSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         size = os.fstat(fd).st_size
-        kept = _complete_prefix(fd, size)
+        kept = end_of_last_line(fd, size)
         if kept < size:
             os.ftruncate(fd, kept)
             os.fsync(fd)
@@ -74,16 +75,3 @@ class FileSink:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _complete_prefix(fd: int, size: int) -> int:
-    """Length of the file up to and including its last newline."""
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        cut = block.rfind(b"\n")
-        if cut >= 0:
-            return start + cut + 1
-        end = start
-    return 0

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from shipper.checkpoints import CheckpointStore, FileCheckpoint
+from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, LogFile
 from shipper.pipeline.pipeline import Decoder, Pipeline
 from shipper.sources.identity import HEAD_BYTES, fingerprint, prefix_fingerprints, read_head
@@ -118,7 +119,7 @@ class FileFollower:
                     self._truncated(offset, stat.st_size)
                     offset = 0
             elif start_at_end:
-                offset = _end_of_last_line(fd, stat.st_size)
+                offset = end_of_last_line(fd, stat.st_size)
             entry = FileCheckpoint(
                 fingerprint=fingerprint(head),
                 head_len=len(head),
@@ -279,15 +280,3 @@ class FileFollower:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
-
-
-def _end_of_last_line(fd: int, size: int) -> int:
-    """Offset just after the last newline: where `start_at: end` begins without a torn line."""
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        cut = os.pread(fd, end - start, start).rfind(b"\n")
-        if cut >= 0:
-            return start + cut + 1
-        end = start
-    return 0
