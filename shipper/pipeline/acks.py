@@ -28,9 +28,9 @@ class Ticket:
         self.holds += 1
 
     def release(self) -> None:
-        self.holds -= 1
-        if self.holds < 0:
+        if self.holds <= 0:
             raise RuntimeError("ticket released more often than held")
+        self.holds -= 1
         if self.holds == 0:
             self._lane.advance()
 

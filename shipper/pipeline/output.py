@@ -54,11 +54,14 @@ class OutputRunner:
         self._closing = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
+        self._first_arrival = 0.0
 
     def accepts(self, source: str) -> bool:
         return self._inputs is None or source in self._inputs
 
     def put(self, group: RecordGroup) -> None:
+        if not self._queue:
+            self._first_arrival = time.monotonic()  # linger counts from here
         self._queue.append(group)
         self._queued_records += len(group)
         self._queued_bytes += group.size
@@ -105,7 +108,7 @@ class OutputRunner:
                 return None
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = time.monotonic() + self._linger
+        deadline = self._first_arrival + self._linger
         while not self._closing and not self._full():
             remaining = deadline - time.monotonic()
             if remaining <= 0:

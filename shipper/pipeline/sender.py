@@ -16,7 +16,7 @@ from tenacity import (
 from tenacity.stop import StopBaseT
 
 from shipper.errors import RetryableSinkError
-from shipper.model import FINAL_OUTCOMES, Batch, Outcome, RecordGroup
+from shipper.model import FINAL_OUTCOMES, Batch, BatchResult, Outcome, RecordGroup
 from shipper.sinks import Sink
 from shipper.telemetry.counters import Telemetry
 
@@ -82,13 +82,10 @@ class Sender:
     async def _attempt(self, batch: Batch) -> None:
         """Send once; tally final outcomes; raise to retry what is left."""
         result = await self._sink.send(batch)
-        if len(result.outcomes) != len(batch):
-            raise RuntimeError(
-                f"output {self.output} reported {len(result.outcomes)} outcomes "
-                f"for {len(batch)} records"
-            )
+        self._check_count(result, batch)
         if result.acknowledged is not None:
             result = await result.acknowledged
+            self._check_count(result, batch)
         rejected: list[tuple[RecordGroup, int, str]] = []
         retry = [False] * len(result.outcomes)
         tally: dict[Outcome, int] = {}
@@ -108,6 +105,13 @@ class Sender:
         if any(retry):
             remaining = batch.subset(retry)
             raise _PartialRetry(len(remaining), len(batch), remaining)
+
+    def _check_count(self, result: BatchResult, batch: Batch) -> None:
+        if len(result.outcomes) != len(batch):
+            raise RuntimeError(
+                f"output {self.output} reported {len(result.outcomes)} outcomes "
+                f"for {len(batch)} records"
+            )
 
     async def _reject(self, rejected: list[tuple[RecordGroup, int, str]]) -> None:
         await self._dead_letter(self.output, rejected)

@@ -28,6 +28,9 @@ class FileSink:
         self._fsync = fsync
         self._fd = -1
         self._size = 0
+        # One write at a time: a failed write is cut back to the size before it, which is only
+        # right if no other batch was appended meanwhile (outputs may have several in flight).
+        self._writing = asyncio.Lock()
 
     async def open(self) -> None:
         try:
@@ -53,7 +56,8 @@ class FileSink:
     async def send(self, batch: Batch) -> BatchResult:
         data = encode_batch(batch)
         try:
-            await asyncio.to_thread(self._write, data)
+            async with self._writing:
+                await asyncio.to_thread(self._write, data)
         except OSError as exc:
             raise RetryableSinkError(f"writing {self.path}: {exc.strerror}") from exc
         return BatchResult.uniform(Outcome.DELIVERED, len(batch))

@@ -7,8 +7,9 @@ not such an object is shipped as raw text flagged `invalid_json`, never dropped 
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 
@@ -36,16 +37,27 @@ def normalize_time(value: str) -> str | None:
     seconds, fraction, zone = match.groups()
     fraction = (fraction or "").ljust(9, "0")
     if zone in ("Z", "z"):
-        return f"{seconds}.{fraction}Z"
+        return f"{seconds}.{fraction}Z" if _real_time(seconds) else None
     try:
         local = datetime.fromisoformat(seconds + zone)
-    except ValueError:
+        utc = local.astimezone(UTC)
+    except (ValueError, OverflowError):  # no such date, or outside years 1-9999 once in UTC
         return None
-    sign = 1 if zone[0] == "+" else -1
-    utc = local.replace(tzinfo=None) - sign * timedelta(
-        hours=int(zone[1:3]), minutes=int(zone[4:6])
-    )
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{fraction}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_time(seconds: str) -> bool:
+    """Whether a `YYYY-MM-DDTHH:MM:SS` that matched the pattern names a real time.
+
+    Cached because consecutive lines share their second: the check costs once per second of
+    log, not once per line.
+    """
+    try:
+        datetime.fromisoformat(seconds)
+    except ValueError:
+        return False
+    return True
 
 
 def format_time_ns(epoch_ns: int) -> str:
