@@ -67,17 +67,29 @@ class DockerJsonSource:
         try:
             watching = self._config.watch and self.root.is_dir() and watch.start()
             self.scan(initial=True)
+            last_full_scan = time.monotonic()
             while True:
-                interval = self._config.rescan_interval if watching else UNWATCHED_RESCAN
-                interval = min(interval, self._config.rescan_interval)
+                # Wake at least every second: to notice a dead watch, and to rescan often while
+                # there is none. A watch event wakes it at once.
                 self._rescan.clear()
-                periodic = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rescan.wait(), interval)
-                    periodic = False
+                    await asyncio.wait_for(self._rescan.wait(), UNWATCHED_RESCAN)
+                if watching and not watch.alive:
+                    log.warning(
+                        "Watching the log root stopped (inotify limit?); rescanning every second.",
+                        extra={"root": str(self.root)},
+                    )
+                    watch.stop()
+                    watching = False
+                started = False
                 if self._config.watch and not watching and self.root.is_dir():
-                    watching = watch.start()
-                self.scan(initial=False, collect_garbage=periodic)
+                    # What appeared before the watch began sends no event: scan once more.
+                    watching = started = watch.start()
+                due = time.monotonic() - last_full_scan >= self._config.rescan_interval
+                if due:
+                    last_full_scan = time.monotonic()
+                if due or started or not watching or self._rescan.is_set():
+                    self.scan(initial=False, collect_garbage=due)
         finally:
             watch.stop()
             tasks = list(self._tasks.values())
@@ -148,7 +160,7 @@ class DockerJsonSource:
 
     def _hint(self, path: str) -> None:
         """A watch event (on the event loop): wake the follower of that path and rescan."""
-        if LOG_SUFFIX not in path and os.path.dirname(path) != str(self.root):
+        if LOG_SUFFIX not in path and str(self.root) not in (path, os.path.dirname(path)):
             return
         base = path[: path.index(LOG_SUFFIX) + len(LOG_SUFFIX)] if LOG_SUFFIX in path else path
         follower = self._followers.get(base)

@@ -58,10 +58,18 @@ class Watch:
         self._root = root
         self._notify = notify
         self._observer: BaseObserver | None = None
+        self._failures_logged = False
 
     @property
-    def active(self) -> bool:
-        return self._observer is not None
+    def alive(self) -> bool:
+        """Started and still working: an emitter thread dies when, for example, adding the watch
+        of a new directory hits the inotify limit, and then no event comes any more."""
+        observer = self._observer
+        return (
+            observer is not None
+            and observer.is_alive()
+            and all(emitter.is_alive() for emitter in observer.emitters)
+        )
 
     def start(self) -> bool:
         observer = Observer()
@@ -74,12 +82,15 @@ class Watch:
             )
             observer.start()
         except OSError as exc:
-            log.warning(
-                "Cannot watch the log root; relying on periodic rescans.",
-                extra={"root": str(self._root), "error": exc.strerror or str(exc)},
-            )
+            if not self._failures_logged:  # once, not at every retry
+                log.warning(
+                    "Cannot watch the log root; rescanning every second instead.",
+                    extra={"root": str(self._root), "error": exc.strerror or str(exc)},
+                )
+                self._failures_logged = True
             return False
         self._observer = observer
+        self._failures_logged = False
         return True
 
     def stop(self) -> None:

@@ -259,3 +259,21 @@ async def test_checkpoints_of_removed_containers_go_once_drained(tmp_path: Path)
     await task
     [entry] = app.store.entries()
     assert writer.containers["stays"].id in entry.path
+
+
+async def test_a_watch_that_dies_falls_back_to_rescans_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "containers"
+    root.mkdir()
+    app = App(make_config(tmp_path, extra_source="    rescan_interval: 1h"))
+    stop, task = await start(app)
+    root.rmdir()  # the watched directory goes away (a reinstalled Docker, an unmounted disk)
+    await wait_until(lambda: "Watching the log root stopped" in caplog.text, what="a warning")
+    writer = DockerRootWriter(root)
+    expected: Seqs = defaultdict(list)
+    write_lines(writer, "back", 10, expected, seed=1)
+    # The periodic rescan is an hour away: only the one-second fallback can find these.
+    await wait_until(lambda: delivered(app) >= 10, timeout=10, what="lines in the new root")
+    stop.set()
+    await task
