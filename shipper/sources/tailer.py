@@ -94,9 +94,13 @@ class FileFollower:
             return None
         try:
             return self._position(fd, start_at_end=start_at_end)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise
+            log.error(
+                "Cannot read log file.",
+                extra={"path": self.path, "error": exc.strerror or str(exc)},
+            )
+            return None
 
     def _position(self, fd: int, *, start_at_end: bool) -> _OpenFile:
         stat = os.fstat(fd)
