@@ -35,6 +35,7 @@ MAX_HEAD_LEN = 1024
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("fingerprint", "head_len", "path", "device", "inode", "offset", "source", "updated_at")
+_OPTIONAL_FIELDS = ("size",)
 
 
 class CheckpointKey(NamedTuple):
@@ -59,6 +60,9 @@ class FileCheckpoint:
     offset: int  # next byte to read: every byte before it has a final outcome
     source: str  # name of the configured source
     updated_at: float  # unix seconds of the last offset change
+    # Bytes of content (uncompressed) known to exist when last read: if the file is gone at the
+    # next start, `size - offset` is what was lost with it, counted rather than silent.
+    size: int = 0
 
     @property
     def key(self) -> CheckpointKey:
@@ -92,7 +96,7 @@ def _parse_entry(raw: object) -> FileCheckpoint:
     missing = [name for name in _FIELDS if name not in raw]
     if missing:
         raise _InvalidError(f"missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(raw) - set(_FIELDS))
+    unknown = sorted(set(raw) - set(_FIELDS) - set(_OPTIONAL_FIELDS))
     if unknown:
         # The format is versioned: a field we do not know means a file we do not understand.
         raise _InvalidError(f"unknown field(s) {', '.join(unknown)}")
@@ -112,6 +116,7 @@ def _parse_entry(raw: object) -> FileCheckpoint:
         offset=_require_int(raw, "offset", minimum=0),
         source=_require_str(raw, "source"),
         updated_at=float(updated_at),
+        size=_require_int(raw, "size", minimum=0) if "size" in raw else 0,
     )
     _check_identity(cp)
     return cp
@@ -346,8 +351,10 @@ class CheckpointStore:
         offset: int,
         *,
         path: str | None = None,
+        size: int | None = None,
     ) -> FileCheckpoint:
-        """Record the new offset (and last path seen) of an existing entry; KeyError if unknown.
+        """Record the new offset (and last path and size seen) of an existing entry; KeyError if
+        unknown.
 
         The offset may go down (that only replays lines); updated_at changes only with the offset.
         """
@@ -356,10 +363,13 @@ class CheckpointStore:
         if type(offset) is not int or offset < 0:  # a bool is an int, and a bug here
             raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
         new_path = current.path if path is None else path
-        if offset == current.offset and new_path == current.path:
+        new_size = current.size if size is None else size
+        if offset == current.offset and new_path == current.path and new_size == current.size:
             return current
         updated_at = self._clock() if offset != current.offset else current.updated_at
-        cp = dataclasses.replace(current, offset=offset, path=new_path, updated_at=updated_at)
+        cp = dataclasses.replace(
+            current, offset=offset, path=new_path, updated_at=updated_at, size=new_size
+        )
         self._entries[key] = cp
         self._dirty = True
         return cp

@@ -201,6 +201,15 @@ class DockerJsonSourceConfig(_Model):
     read_chunk_size: Annotated[ByteSize, AfterValidator(_at_least(4 * KiB, "4KiB"))] = 256 * KiB
     # How often a file at its end is checked for growth.
     poll_interval: _PositiveDuration = 0.25
+    # Docker splits lines over 16 KiB into parts; a part waits this long for the rest (the last
+    # output of a container without newline looks the same) before it ships as it is.
+    partial_flush_timeout: _PositiveDuration = 2.0
+    # A rejoined line longer than this is cut and flagged `truncated`.
+    max_message_bytes: Annotated[ByteSize, AfterValidator(_at_least(16 * KiB, "16KiB"))] = MiB
+    # Rotated files Docker deleted while shipper still reads them stay on disk until drained.
+    # null: no limit (nothing is lost while the files existed). A size: past it, per container,
+    # the oldest such files are given up and their unread bytes counted as lost.
+    max_pinned_bytes: ByteSize | None = None
 
 
 # One member for now; a new source type is a new class added to this union.

@@ -8,7 +8,10 @@ import json
 import os
 import re
 import secrets
+import struct
 import tempfile
+import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -29,10 +32,12 @@ __all__ = [
     "SEQ_PATTERN",
     "STACK_TRACE_SHARE",
     "Clock",
+    "Compression",
     "ContainerLog",
     "DockerRootWriter",
     "FakeClock",
     "Stream",
+    "encode_attrs",
     "encode_entry",
     "encode_json_string",
     "format_docker_time",
@@ -41,6 +46,8 @@ __all__ = [
 ]
 
 Stream = Literal["stdout", "stderr"]
+Compression = Literal["sync", "thread", "manual"]
+"""When a rotated file of a `compress=true` container is gzipped: see `ContainerLog`."""
 Clock = Callable[[], int]
 """Returns the current time in nanoseconds since the epoch (`time.time_ns` is the wall clock)."""
 
@@ -138,15 +145,52 @@ def format_docker_time(time_ns: int) -> str:
     return f"{_format_seconds(seconds)}.{nanos:09d}".rstrip("0") + "Z"
 
 
-def encode_entry(log: bytes, stream: Stream, time_ns: int) -> bytes:
-    """One json-file line, newline included, with dockerd's key order: log, stream, time."""
+# The `attrs` object is made once per container by encoding/json (json.Marshal of a
+# map[string]string, jsonfilelog.New), not by the log-line escaper above: the same escapes except
+# that TAB is `\t`. (Go 1.22+ also writes `\b` and `\f`; Debian 12's docker.io 20.10 is built with
+# Go 1.19, which writes \u0008 and \u000c, as here.)
+_GO_JSON_ESCAPES = {**_ESCAPES, "\t": "\\t"}
+
+
+def _go_json_escape(match: re.Match[str]) -> str:
+    return _GO_JSON_ESCAPES[match.group()]
+
+
+def _go_json_string(text: str) -> bytes:
+    decoded = _to_bytes(text).decode("utf-8", "surrogateescape")
+    return b'"' + _NEEDS_ESCAPE.sub(_go_json_escape, decoded).encode("utf-8") + b'"'
+
+
+def encode_attrs(attrs: Mapping[str, str]) -> bytes:
+    """The raw `attrs` JSON dockerd puts in every entry, b"" when there are none.
+
+    dockerd builds it once, with json.Marshal of a map[string]string: keys sorted (by their UTF-8
+    bytes), compact, HTML-escaped (`<` is \u003c). An empty map gives no `attrs` key at all.
+    """
+    if not attrs:
+        return b""
+    items = sorted((_to_bytes(key), key, value) for key, value in attrs.items())
+    return (
+        b"{"
+        + b",".join(_go_json_string(key) + b":" + _go_json_string(value) for _, key, value in items)
+        + b"}"
+    )
+
+
+def encode_entry(log: bytes, stream: Stream, time_ns: int, attrs: bytes = b"") -> bytes:
+    """One json-file line, newline included, in dockerd's key order: log, stream, attrs, time.
+
+    `attrs` is raw JSON from `encode_attrs` (dockerd's RawAttrs); when empty there is no key.
+    """
     return b"".join(
         (
             b'{"log":',
             encode_json_string(log),
             b',"stream":"',
             stream.encode("ascii"),
-            b'","time":"',
+            b'",',
+            b'"attrs":' + attrs + b"," if attrs else b"",
+            b'"time":"',
             format_docker_time(time_ns).encode("ascii"),
             b'"}\n',
         )
@@ -232,11 +276,135 @@ def _compact_json(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+# --- compression of rotated files (compress=true) ---------------------------------------------
+
+_COPY_CHUNK = 32 * 1024  # pools.Copy's buffer
+_GZIP_LEVEL = 6  # gzip.NewWriter uses DefaultCompression, which compress/flate runs as level 6
+
+
+def _gzip_header(extra: bytes) -> bytes:
+    """The header Go's gzip.Writer writes: FLG only FEXTRA (no name, no comment), MTIME 0 (the
+    ModTime was never set), XFL 0 (neither best speed nor best compression), OS 255 (unknown).
+    Header.Extra goes into FEXTRA as is, not as RFC 1952 subfields."""
+    return b"\x1f\x8b\x08\x04" + bytes(4) + b"\x00\xff" + struct.pack("<H", len(extra)) + extra
+
+
+class _GzipJob:
+    """dockerd's compressFile(`<log>.1`, lastTimestamp), runnable in steps.
+
+    compressFile opens `.1`, creates `.1.gz` directly (O_CREATE|O_TRUNC|O_RDWR, 0640; no
+    temporary name), streams `.1` through a gzip.Writer whose Header.Extra is
+    `{"lastTime":"<RFC3339Nano>"}`, closes the gzip stream and the file, and only then unlinks
+    `.1`. Until that unlink, `.1` is complete and `.1.gz` is a growing, truncated gzip stream.
+
+    The compressed bytes are zlib's at Go's level, not byte-identical to Go's compress/flate;
+    every reader decodes them to the same content. Files are reopened at each step, so a job left
+    pending holds no descriptor.
+    """
+
+    def __init__(self, source: Path, last_time_ns: int | None) -> None:
+        self.source = source
+        self.target = source.with_name(source.name + ".gz")
+        # json.Marshal(rotateFileMetadata{LastTime}): time.Time marshals as RFC3339Nano, and the
+        # copier's timestamps are UTC, so this is the entry's `time`. A logger reopened on an
+        # existing file has no last timestamp yet: Go's zero time.
+        last = _GO_ZERO_TIME if last_time_ns is None else format_docker_time(last_time_ns)
+        self.extra = b'{"lastTime":"' + last.encode("ascii") + b'"}'
+        self.started = False
+        self.done = False
+        self._offset = 0  # bytes of `.1` compressed so far
+        self._crc = 0
+        self._compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+
+    def step(self, *, partial: bool = False) -> None:
+        """Run to the end; with `partial`, create `.gz` if needed and copy half of what is left."""
+        if self.done:
+            return
+        try:
+            self._step(partial=partial)
+        except BaseException:
+            # As compressFile: a failed compression removes its .gz and keeps the source.
+            self.done = True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.target)
+            raise
+
+    def _step(self, *, partial: bool) -> None:
+        try:
+            src = os.open(self.source, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not self.started:  # compressFile only logs this (at debug level) and returns
+                self.done = True
+                return
+            raise
+        try:
+            if self.started:
+                out = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            else:
+                out = os.open(
+                    self.target, os.O_CREAT | os.O_TRUNC | os.O_RDWR | os.O_CLOEXEC, _LOG_FILE_MODE
+                )
+                self.started = True
+                # gzip.Writer writes its header with the first Write, i.e. at the first chunk.
+                _write_all(out, _gzip_header(self.extra))
+            try:
+                size = os.fstat(src).st_size
+                end = self._offset + (size - self._offset + 1) // 2 if partial else size
+                self._copy(src, out, end)
+                if not partial:
+                    # gzip.Writer.Close: the end of the deflate stream, then CRC-32 and ISIZE.
+                    _write_all(
+                        out,
+                        self._compressor.flush(zlib.Z_FINISH)
+                        + struct.pack("<II", self._crc, self._offset & 0xFFFFFFFF),
+                    )
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        if not partial:
+            # Deferred last in compressFile: the source goes only once the .gz is closed.
+            os.unlink(self.source)
+            self.done = True
+
+    def _copy(self, src: int, out: int, end: int) -> None:
+        while self._offset < end:
+            chunk = os.pread(src, min(_COPY_CHUNK, end - self._offset), self._offset)
+            if not chunk:
+                break
+            self._offset += len(chunk)
+            self._crc = zlib.crc32(chunk, self._crc)
+            compressed = self._compressor.compress(chunk)
+            if compressed:
+                _write_all(out, compressed)
+
+
 class ContainerLog:
     """One container's directory: its json-file log (with rotation) and its metadata files.
 
     Made by `DockerRootWriter.add_container`. Not thread-safe: like one dockerd logger, it
     expects one writer at a time.
+
+    With `compress` (moby's logger/loggerutils/logfile.go), a rotation closes the current file,
+    deletes `.log.<max_file-1>.gz`, renames `.log.N.gz` to `.log.N+1.gz`, renames the current file
+    to `.log.1`, creates a new empty `-json.log`, and then gzips `.log.1` into `.log.1.gz` in the
+    background, unlinking `.log.1` only once `.log.1.gz` is complete (see `_GzipJob`). The
+    current file is never compressed. `compression` says when that background work runs:
+
+    - "sync": inline, before the write that caused the rotation returns.
+    - "thread": in a thread, as dockerd's goroutine. dockerd serialises compressions: rotate()
+      takes rotateMu, which the goroutine of the previous rotation releases only when its
+      compressFile has returned, and Close() waits for it too. So a rotation here first waits
+      for the previous compression (the write blocks, as in dockerd), and `close()`/`stop()` wait
+      for a running one.
+    - "manual": nothing runs until the test calls `compress_pending()`, which lets it hold the
+      `.log.1` + incomplete `.log.1.gz` overlap as long as it wants. A rotation while a
+      compression is pending first completes it (dockerd's writer would block on rotateMu until
+      the goroutine finished); `close()`/`stop()` leave it pending.
+
+    dockerd captures the last entry's time before starting the goroutine in current moby; 20.10
+    read it inside the goroutine, racing with the next write, so there `lastTime` can be the time
+    of the first entry of the new file. Here it is always the last entry of the rotated file.
     """
 
     def __init__(
@@ -251,6 +419,9 @@ class ContainerLog:
         max_size: int | None,
         max_file: int | None,
         clock: Clock,
+        compress: bool = False,
+        compression: Compression = "thread",
+        log_attrs: Mapping[str, str] | None = None,
     ) -> None:
         self.id = container_id
         self.name = name
@@ -260,7 +431,15 @@ class ContainerLog:
         self.max_size = max_size
         self.max_file = max_file if max_file is not None else 1
         self._max_file_option = max_file
+        self.compress = compress
+        self.compression: Compression = compression
+        self.log_attrs = dict(log_attrs or {})
+        self._raw_attrs = encode_attrs(self.log_attrs)
         self._clock = clock
+        self._last_time_ns: int | None = None  # LogFile.lastTimestamp
+        self._job: _GzipJob | None = None  # the compression started by the last rotation
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
         self.directory = root / container_id
         self.log_path = self.directory / f"{container_id}-json.log"
         self.config_path = self.directory / "config.v2.json"
@@ -309,9 +488,9 @@ class ContainerLog:
             return
         when = self._clock() if time_ns is None else time_ns
         for part in split_output(data):
-            self._write_entry(encode_entry(part, stream, when))
+            self._write_entry(encode_entry(part, stream, when, self._raw_attrs), when)
 
-    def _write_entry(self, entry: bytes) -> None:
+    def _write_entry(self, entry: bytes, time_ns: int) -> None:
         fd = self._fd
         if fd is None:
             raise ValueError(f"container {self.name} is stopped: its log is closed")
@@ -321,32 +500,133 @@ class ContainerLog:
             fd = self._rotate(fd)
         _write_all(fd, entry)
         self._size += len(entry)
+        self._last_time_ns = time_ns
 
     def _rotate(self, fd: int) -> int:
+        # rotateMu: wait until the compression of the previous rotation is over.
+        self._wait_compression()
         self._fd = None
         os.close(fd)
         current = str(self.log_path)
+        compress = self.compress and self.max_file >= 2
         if self.max_file >= 2:
+            ext = ".gz" if compress else ""
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{current}.{self.max_file - 1}")
+                os.unlink(f"{current}.{self.max_file - 1}{ext}")
             for i in range(self.max_file - 1, 1, -1):
                 with contextlib.suppress(FileNotFoundError):
-                    os.rename(f"{current}.{i - 1}", f"{current}.{i}")
+                    os.rename(f"{current}.{i - 1}{ext}", f"{current}.{i}{ext}")
             os.rename(current, f"{current}.1")
         # With max-file=1 there is nothing to rename to and O_TRUNC empties the same inode: Docker
         # 20.10's behaviour (23.0+ unlinks and recreates instead).
         fd = os.open(current, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, _LOG_FILE_MODE)
         self._fd = fd
         self._size = 0
+        if compress:
+            self._start_compression(_GzipJob(Path(f"{current}.1"), self._last_time_ns))
         return fd
 
+    # -- compression --
+
+    def _start_compression(self, job: _GzipJob) -> None:
+        if self.compression == "sync":
+            job.step()
+            return
+        self._job = job  # "manual": stays here until compress_pending() or the next rotation
+        if self.compression == "thread":
+            self._thread = threading.Thread(
+                target=self._run_job, args=(job,), name=f"compress-{self.name}"
+            )
+            self._thread.start()
+
+    def _run_job(self, job: _GzipJob) -> None:
+        try:
+            job.step()
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that joins
+            self._thread_error = exc
+
+    def _wait_compression(self) -> None:
+        """Block until no compression is running or pending (complete a manual one)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._job = None
+            error, self._thread_error = self._thread_error, None
+            if error is not None:
+                raise error
+        elif self._job is not None:
+            job, self._job = self._job, None
+            job.step()
+
+    @property
+    def pending_compression(self) -> Path | None:
+        """The `.log.1` being compressed (thread mode) or waiting to be ("manual"), else None."""
+        if self._job is None or self._job.done:
+            return None
+        return self._job.source
+
+    def compress_pending(self, *, partial: bool = False) -> bool:
+        """Advance the compression of `.log.1` that the last rotation started, if any.
+
+        In "manual" mode: create `.log.1.gz` if not yet done and, with `partial`, compress half
+        of what is left of `.log.1` and stop there (`.log.1` stays, `.log.1.gz` is a truncated
+        gzip stream: the overlap); without it, finish the stream and unlink `.log.1`. In
+        "thread" mode wait for the thread (`partial` is refused); in "sync" mode nothing is ever
+        pending. True if a compression was pending.
+        """
+        if partial and self.compression != "manual":
+            raise ValueError("partial compression steps need compression='manual'")
+        pending = self.pending_compression is not None
+        if self.compression == "manual":
+            if self._job is not None:
+                job = self._job
+                job.step(partial=partial)
+                if job.done:
+                    self._job = None
+        else:
+            self._wait_compression()
+        return pending
+
+    # -- files --
+
+    def _rotated(self, generation: int, suffix: str = "") -> Path:
+        return self.log_path.with_name(f"{self.log_path.name}.{generation}{suffix}")
+
     def log_files(self) -> list[Path]:
-        """The log files that exist now, oldest first: `.log.N` … `.log.1`, then `-json.log`."""
+        """Every log file that exists now, oldest first: `.log.N[.gz]` … `.log.1[.gz]`, then
+        `-json.log`.
+
+        While `.log.1` is being compressed both `.log.1` and the incomplete `.log.1.gz` exist
+        and both are listed, `.log.1` first: this is what is on disk (sizes, counts), not a list
+        of contents to read. For that, see `generations()`.
+        """
         rotated = [
-            self.log_path.with_name(f"{self.log_path.name}.{i}")
+            path
             for i in range(self.max_file - 1, 0, -1)
+            for path in (self._rotated(i), self._rotated(i, ".gz"))
         ]
         return [path for path in [*rotated, self.log_path] if path.exists()]
+
+    def generations(self) -> list[Path]:
+        """For each generation of the log, oldest first, the file that holds it completely now.
+
+        That is `.log.N` while it exists, else `.log.N.gz` (dockerd unlinks `.log.N` only once
+        its `.gz` is complete, which is the rule a reader relies on), then `-json.log`. In
+        "thread" mode a `.log.1` returned here can be unlinked a moment later: wait with
+        `compress_pending()` or `close()` first, or open and fall back to the `.gz`.
+        """
+        found: list[Path] = []
+        for i in range(self.max_file - 1, 0, -1):
+            plain = self._rotated(i)
+            if plain.exists():
+                found.append(plain)
+                continue
+            compressed = self._rotated(i, ".gz")
+            if compressed.exists():
+                found.append(compressed)
+        if self.log_path.exists():
+            found.append(self.log_path)
+        return found
 
     # -- lifecycle --
 
@@ -359,10 +639,16 @@ class ContainerLog:
         self._write_config()
 
     def close(self) -> None:
-        """Close the log file descriptor; metadata stays as it is."""
+        """Close the log file descriptor; metadata stays as it is.
+
+        As dockerd's LogFile.Close, wait for a compression running in a thread; a "manual" one
+        stays pending (the test still can and should run it with `compress_pending()`).
+        """
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._thread is not None:
+            self._wait_compression()
 
     # -- metadata --
 
@@ -428,10 +714,13 @@ class ContainerLog:
             options["max-size"] = _size_option(self.max_size)
         if self._max_file_option is not None:
             options["max-file"] = str(self._max_file_option)
+        if self.compress:
+            options["compress"] = "true"
         hostconfig = {
             "Binds": None,
             "ContainerIDFile": "",
-            "LogConfig": {"Type": "json-file", "Config": options},
+            # LogConfig.Config is a map[string]string: encoding/json writes its keys sorted.
+            "LogConfig": {"Type": "json-file", "Config": dict(sorted(options.items()))},
             "NetworkMode": "none",
             "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
             "AutoRemove": False,
@@ -439,15 +728,25 @@ class ContainerLog:
         _atomic_write(self.hostconfig_path, _compact_json(hostconfig), _HOSTCONFIG_MODE)
 
 
+def _check_compression(compression: str) -> None:
+    if compression not in ("sync", "thread", "manual"):
+        raise ValueError(f"compression must be 'sync', 'thread' or 'manual', not {compression!r}")
+
+
 class DockerRootWriter:
     """A Docker `containers/` directory (e.g. /var/lib/docker/containers) that we fill ourselves.
 
     All its containers share one clock, so times are monotonic across the whole root.
+    `compression` is the default for containers with `compress=True` (see `ContainerLog`).
     """
 
-    def __init__(self, root: Path, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, root: Path, *, clock: Clock | None = None, compression: Compression = "thread"
+    ) -> None:
+        _check_compression(compression)
         self.root = root
         self.clock: Clock = clock if clock is not None else FakeClock()
+        self.compression: Compression = compression
         self.containers: dict[str, ContainerLog] = {}
         root.mkdir(parents=True, exist_ok=True)
 
@@ -461,11 +760,19 @@ class DockerRootWriter:
         max_size: int | None = None,
         max_file: int | None = None,
         container_id: str | None = None,
+        compress: bool = False,
+        log_attrs: Mapping[str, str] | None = None,
+        compression: Compression | None = None,
     ) -> ContainerLog:
-        """Create a running container `name`; `max_size` (bytes) and `max_file` are the log opts.
+        """Create a running container `name`; `max_size` (bytes), `max_file` and `compress` are
+        the log opts.
 
         `max_file` None means the option was not given (one file, as Docker defaults); it is
-        written to hostconfig.json only when given.
+        written to hostconfig.json only when given. `compress` needs `max_size` and `max_file`
+        >= 2, as dockerd requires. `log_attrs` is the `attrs` object dockerd adds to every entry
+        when `--log-opt labels=/env=/tag=` select something (the selected label and env values,
+        and "tag"); hostconfig.json does not record those options. `compression` overrides the
+        writer's default.
         """
         if not _NAME_PATTERN.fullmatch(name):
             raise ValueError(f"invalid container name {name!r}")
@@ -482,6 +789,14 @@ class DockerRootWriter:
                 raise ValueError("max_file must be at least 1")
             if max_file > 1 and max_size is None:
                 raise ValueError("max_file needs max_size: without it the log never rotates")
+        if compress and (max_file is None or max_file < 2 or max_size is None):
+            # jsonfilelog.New's own check, word for word.
+            raise ValueError(
+                "compress cannot be true when max-file is less than 2 or max-size is not set"
+            )
+        if compression is None:
+            compression = self.compression
+        _check_compression(compression)
         container = ContainerLog(
             root=self.root,
             container_id=container_id,
@@ -492,12 +807,15 @@ class DockerRootWriter:
             max_size=max_size,
             max_file=max_file,
             clock=self.clock,
+            compress=compress,
+            compression=compression,
+            log_attrs=log_attrs,
         )
         self.containers[name] = container
         return container
 
     def close(self) -> None:
-        """Close every container's log file (the files stay)."""
+        """Close every container's log file (the files stay), waiting for compression threads."""
         for container in self.containers.values():
             container.close()
 

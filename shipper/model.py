@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class Outcome(enum.StrEnum):
@@ -31,6 +32,15 @@ class LogFile:
     container_id: str
     path: str  # path when the file was opened; a rotated file keeps reading through its fd
     handle: str  # unique per opened file in this process: the AckTracker lane of its byte ranges
+    fingerprint: str = ""  # stable identity of the content (identity.stable_id), for records
+
+
+class Hold(Protocol):
+    """A claim on a registered byte range (an AckTracker ticket) that must be released once."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,12 @@ class RecordGroup:
     offsets: list[int] = field(default_factory=list)  # start offset of each record in its file
     flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
     attrs: dict[int, dict[str, str]] = field(default_factory=dict)
+    # A record joined from Docker's 16 KiB parts starts where its first part does, which may be
+    # in an earlier file (across a rotation): that file, for the few records where it differs.
+    heads: dict[int, LogFile] = field(default_factory=dict)
+    # Ranges of earlier chunks that hold the first parts of records completed in this group:
+    # released with this group, so no checkpoint passes a part before its record settled.
+    held: list[Hold] = field(default_factory=list)
     settlement: Settlement | None = None
     invalid_json: int = 0  # lines shipped as raw text because they were not Docker JSON entries
     invalid_time: int = 0  # entries whose time was unusable; they carry the read time

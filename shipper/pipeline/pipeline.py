@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shipper.model import Chunk, RecordGroup, Settlement
-from shipper.pipeline.acks import AckTracker, Ticket
+from shipper.model import Chunk, Hold, RecordGroup, Settlement
+from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.budget import ByteBudget
 from shipper.pipeline.output import OutputRunner
 from shipper.telemetry.counters import Telemetry
 
-Decoder = Callable[[Chunk], RecordGroup]
+# Decodes a chunk; the Hold is the chunk's own byte range, for records left waiting (a partial
+# line) to keep held beyond this group.
+Decoder = Callable[[Chunk, Hold], RecordGroup]
 
 
 class Pipeline:
@@ -34,7 +36,7 @@ class Pipeline:
         size = len(chunk.data)
         await self.budget.acquire(size)
         ticket = self.tracker.register(chunk.file.handle, chunk.end)
-        group = decode(chunk)
+        group = decode(chunk, ticket)
         source = chunk.file.source
         telemetry = self._telemetry
         telemetry.inc("shipper_lines_read_total", len(group), source=source)
@@ -43,15 +45,15 @@ class Pipeline:
             telemetry.inc("shipper_invalid_lines_total", group.invalid_json, source=source)
         if group.invalid_time:
             telemetry.inc("shipper_invalid_timestamps_total", group.invalid_time, source=source)
-        self.route(group, [ticket], size)
+        self.route(group, [ticket, *group.held], size)
 
-    def route(self, group: RecordGroup, tickets: list[Ticket], size: int) -> None:
-        """Send `group` to its outputs; `tickets` and `size` are released when all settle."""
+    def route(self, group: RecordGroup, holds: list[Hold], size: int) -> None:
+        """Send `group` to its outputs; `holds` and `size` are released when all settle."""
         budget = self.budget
 
         def settled() -> None:
-            for ticket in tickets:
-                ticket.release()
+            for hold in holds:
+                hold.release()
             budget.release(size)
 
         group.settlement = Settlement(settled)

@@ -31,7 +31,11 @@ def build_document(group: RecordGroup, index: int) -> dict[str, Any]:
     if stream:
         document["stream"] = stream
     document["container"] = {"id": group.file.container_id}
-    log: dict[str, Any] = {"file": {"path": group.file.path}, "offset": group.offsets[index]}
+    origin = group.heads.get(index, group.file)
+    log_file = {"path": origin.path}
+    if origin.fingerprint:
+        log_file["fingerprint"] = origin.fingerprint
+    log: dict[str, Any] = {"file": log_file, "offset": group.offsets[index]}
     flags = group.flags.get(index)
     if flags:
         log["flags"] = list(flags)
@@ -50,11 +54,13 @@ def encode_plain(group: RecordGroup, indices: Sequence[int]) -> bytes:
 def encode_spliced(group: RecordGroup, indices: Sequence[int]) -> bytes:
     """NDJSON of the chosen records, spliced from pre-serialised bytes: equal to `encode_plain`."""
     dumps = orjson.dumps
+    fingerprint = group.file.fingerprint
     shared = (
         b',"container":{"id":'
         + dumps(group.file.container_id)
         + b'},"log":{"file":{"path":'
         + dumps(group.file.path)
+        + (b',"fingerprint":' + dumps(fingerprint) if fingerprint else b"")
         + b'},"offset":'
     )
     timestamps = group.timestamps
@@ -63,10 +69,11 @@ def encode_spliced(group: RecordGroup, indices: Sequence[int]) -> bytes:
     offsets = group.offsets
     flags = group.flags
     attrs = group.attrs
+    heads = group.heads
     parts: list[bytes] = []
     append = parts.append
     for i in indices:
-        if i in flags or i in attrs:
+        if i in flags or i in attrs or i in heads:
             append(dumps(build_document(group, i)) + b"\n")
             continue
         stream_bytes = _STREAMS.get(streams[i])

@@ -1,4 +1,4 @@
-"""The `docker_json` source: discovers `<root>/<id>/<id>-json.log` files and follows each one."""
+"""The `docker_json` source: discovers container directories under the root and follows each."""
 
 from __future__ import annotations
 
@@ -11,30 +11,23 @@ from pathlib import Path
 
 from shipper.checkpoints import CheckpointStore
 from shipper.config import DockerJsonSourceConfig
-from shipper.model import Chunk, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
-from shipper.sources.docker_json import decode_chunk, format_time_ns
-from shipper.sources.tailer import FileFollower, TailSettings
+from shipper.sources.tailer import LOG_SUFFIX, ContainerFollower, TailSettings
 from shipper.sources.watch import Watch
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
 
-LOG_SUFFIX = "-json.log"
-# With no watch, a rescan this often keeps the promise to find new containers within a second.
+# Without a working watch, a rescan this often keeps the promise to find new containers within
+# about a second; with one, the loop still wakes this often to notice a watch that died.
 UNWATCHED_RESCAN = 1.0
 
 
-def decode_now(chunk: Chunk) -> RecordGroup:
-    """Decode a chunk read just now: entries without a usable time carry the read time."""
-    return decode_chunk(chunk, read_time=format_time_ns(time.time_ns()))
-
-
 class DockerJsonSource:
-    """Discovery plus one FileFollower per container log path.
+    """Discovery plus one ContainerFollower per container directory.
 
     The periodic rescan is the source of truth; watchdog events only make it (and the follower
-    of a rotated file) look sooner. A missing root or an impossible watch falls back to
+    of a rotating container) look sooner. A missing root or a watch that fails falls back to
     rescanning every second, with a warning.
     """
 
@@ -54,9 +47,13 @@ class DockerJsonSource:
         self._pipeline = pipeline
         self._telemetry = telemetry
         self._settings = TailSettings(
-            read_chunk_size=config.read_chunk_size, poll_interval=config.poll_interval
+            read_chunk_size=config.read_chunk_size,
+            poll_interval=config.poll_interval,
+            partial_flush_timeout=config.partial_flush_timeout,
+            max_message_bytes=config.max_message_bytes,
+            max_pinned_bytes=config.max_pinned_bytes,
         )
-        self._followers: dict[str, FileFollower] = {}
+        self._followers: dict[str, ContainerFollower] = {}  # by directory
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rescan = asyncio.Event()
         self._root_missing_logged = False
@@ -69,8 +66,6 @@ class DockerJsonSource:
             self.scan(initial=True)
             last_full_scan = time.monotonic()
             while True:
-                # Wake at least every second: to notice a dead watch, and to rescan often while
-                # there is none. A watch event wakes it at once.
                 self._rescan.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._rescan.wait(), UNWATCHED_RESCAN)
@@ -90,6 +85,7 @@ class DockerJsonSource:
                     last_full_scan = time.monotonic()
                 if due or started or not watching or self._rescan.is_set():
                     self.scan(initial=False, collect_garbage=due)
+                self._reconcile_all()
         finally:
             watch.stop()
             tasks = list(self._tasks.values())
@@ -98,10 +94,10 @@ class DockerJsonSource:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def scan(self, *, initial: bool, collect_garbage: bool = False) -> None:
-        """Start a follower for every log path that has none."""
+        """Start a follower for every container directory that has log files and none yet."""
         self._telemetry.inc("shipper_discovery_scans_total", source=self.name)
         try:
-            container_dirs = [entry for entry in os.scandir(self.root) if entry.is_dir()]
+            directories = [entry for entry in os.scandir(self.root) if entry.is_dir()]
         except OSError as exc:
             if not self._root_missing_logged:
                 log.warning(
@@ -112,73 +108,86 @@ class DockerJsonSource:
             return
         self._root_missing_logged = False
         start_at_end = initial and self._store.first_start and self._config.start_at == "end"
-        for entry in container_dirs:
-            path = os.path.join(entry.path, entry.name + LOG_SUFFIX)
-            if path in self._tasks or not os.path.isfile(path):
+        for entry in directories:
+            if entry.path in self._tasks:
                 continue
-            self._start(path, entry.name, start_at_end=start_at_end)
+            base = entry.name + LOG_SUFFIX
+            with contextlib.suppress(OSError):
+                if any(name.startswith(base) for name in os.listdir(entry.path)):
+                    self._start(entry.path, entry.name, start_at_end=start_at_end)
         if start_at_end:
             # `start_at: end` applies only to the very first start: make it durable now, so a
             # crash before the first interval flush does not turn the next start into a first.
             self._store.flush()
         if collect_garbage:
-            self._collect_garbage(container_dirs)
+            self._collect_garbage()
 
-    def _start(self, path: str, container_id: str, *, start_at_end: bool) -> None:
-        follower = FileFollower(
+    def _start(self, directory: str, container_id: str, *, start_at_end: bool) -> None:
+        follower = ContainerFollower(
             source=self.name,
-            path=path,
+            directory=directory,
             container_id=container_id,
             settings=self._settings,
             store=self._store,
             pipeline=self._pipeline,
-            decode=decode_now,
             telemetry=self._telemetry,
         )
-        first = follower.open(start_at_end=start_at_end)
-        if first is None:
-            return
-        task = asyncio.create_task(follower.run(first), name=f"follow:{path}")
-        self._followers[path] = follower
-        self._tasks[path] = task
-        self._update_open_files()
-        task.add_done_callback(lambda done: self._ended(path, done))
+        follower.reconcile(start_at_end=start_at_end)
+        task = asyncio.create_task(follower.run(), name=f"follow:{container_id[:12]}")
+        self._followers[directory] = follower
+        self._tasks[directory] = task
+        task.add_done_callback(lambda done: self._ended(directory, done))
 
-    def _ended(self, path: str, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(path, None)
-        self._followers.pop(path, None)
-        self._update_open_files()
+    def _ended(self, directory: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(directory, None)
+        self._followers.pop(directory, None)
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "Follower failed; the next scan starts it again.",
-                extra={"path": path, "error": repr(task.exception())},
+                extra={"path": directory, "error": repr(task.exception())},
             )
-        self._rescan.set()  # a new generation may already be waiting at this path
+            self._rescan.set()
 
-    def _update_open_files(self) -> None:
-        self._telemetry.set("shipper_open_files", len(self._tasks), source=self.name)
+    def _reconcile_all(self) -> None:
+        """Let every follower pin new generations, even one stalled by backpressure."""
+        pinned = open_files = 0
+        for follower in self._followers.values():
+            follower.reconcile()
+            pinned += follower.pinned_bytes
+            open_files += follower.open_files
+        self._telemetry.set("shipper_open_files", open_files, source=self.name)
+        self._telemetry.set("shipper_pinned_bytes", pinned, source=self.name)
 
     def _hint(self, path: str) -> None:
-        """A watch event (on the event loop): wake the follower of that path and rescan."""
-        if LOG_SUFFIX not in path and str(self.root) not in (path, os.path.dirname(path)):
-            return
-        base = path[: path.index(LOG_SUFFIX) + len(LOG_SUFFIX)] if LOG_SUFFIX in path else path
-        follower = self._followers.get(base)
+        """A watch event (on the event loop): the follower of that directory looks now."""
+        directory = os.path.dirname(path)
+        follower = self._followers.get(directory)
         if follower is not None:
+            follower.reconcile()
             follower.wake()
-        self._rescan.set()
+        elif str(self.root) in (path, directory):
+            self._rescan.set()
+        else:
+            # A file in a directory not followed yet: the container's first log file.
+            self._rescan.set()
 
-    def _collect_garbage(self, container_dirs: list[os.DirEntry[str]]) -> None:
-        """Drop checkpoints of this source's files that exist nowhere any more."""
-        present: set[tuple[int, int]] = set()
-        for entry in container_dirs:
-            with contextlib.suppress(OSError):
-                for item in os.scandir(entry.path):
-                    if LOG_SUFFIX in item.name:
-                        stat = item.stat()
-                        present.add((stat.st_dev, stat.st_ino))
-        for checkpoint in self._store.entries():
-            if checkpoint.source != self.name or checkpoint.path in self._tasks:
+    def _collect_garbage(self) -> None:
+        """Drop checkpoints of containers whose directory is gone, counting what was unread."""
+        for entry in self._store.entries():
+            directory = os.path.dirname(entry.path)
+            if (
+                entry.source != self.name
+                or directory in self._followers
+                or os.path.isdir(directory)
+            ):
                 continue
-            if (checkpoint.device, checkpoint.inode) not in present:
-                self._store.remove(checkpoint.key)
+            if entry.size > entry.offset:
+                lost = entry.size - entry.offset
+                self._telemetry.inc(
+                    "shipper_bytes_lost_total", lost, source=self.name, reason="deleted_unread"
+                )
+                log.error(
+                    "Log bytes lost: the container was removed before they were read.",
+                    extra={"path": entry.path, "bytes": lost},
+                )
+            self._store.remove(entry.key)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 
 from shipper.checkpoints import MAX_HEAD_LEN
@@ -16,9 +15,16 @@ def fingerprint(head: bytes) -> str:
     return hashlib.sha256(head[:HEAD_BYTES]).hexdigest()
 
 
-def read_head(fd: int) -> bytes:
-    """The file's first HEAD_BYTES bytes, or all of it when shorter."""
-    return os.pread(fd, HEAD_BYTES, 0)
+def stable_id(head: bytes) -> str:
+    """The identity a record carries (`log.file.fingerprint`): its file's first line, hashed.
+
+    The checkpoint identity grows with a short file (up to HEAD_BYTES); a record needs one that
+    never changes, so a replay after a restart names the same file: the first line (at most
+    HEAD_BYTES of it) is written once and then fixed. Docker's first line holds a nanosecond
+    time, so it is unique in practice.
+    """
+    end = head.find(b"\n", 0, HEAD_BYTES)
+    return hashlib.sha256(head[: end + 1 if end >= 0 else HEAD_BYTES]).hexdigest()
 
 
 def prefix_fingerprints(head: bytes) -> Callable[[int], str | None]:

@@ -1,24 +1,40 @@
-"""FileFollower: reads one log path through its generations, in order, as chunks of whole lines."""
+"""ContainerFollower: reads one container's log generations, oldest first, as chunks of whole lines.
+
+Docker rotates `<id>-json.log` by renaming it to `.1` (`.1` to `.2`, …, the oldest deleted) and
+with `compress=true` gzips `.1` into `.1.gz` in the background (DESIGN.md §4). The follower keeps
+every generation it has seen open, so a renamed or deleted file is drained to its end through
+its descriptor, and reads them strictly oldest first, so lines keep their order and a line split
+across a rotation is joined. Reading runs ahead of delivery; checkpoints follow the settled offset
+the AckTracker reports, never the read offset.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
+import re
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from shipper.checkpoints import CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
-from shipper.model import Chunk, LogFile
-from shipper.pipeline.pipeline import Decoder, Pipeline
-from shipper.sources.identity import HEAD_BYTES, fingerprint, prefix_fingerprints, read_head
+from shipper.model import Chunk, Hold, LogFile, RecordGroup
+from shipper.pipeline.pipeline import Pipeline
+from shipper.sources.docker_json import decode_chunk, format_time_ns
+from shipper.sources.identity import HEAD_BYTES, fingerprint, prefix_fingerprints, stable_id
+from shipper.sources.logfile import LogReader, open_log
+from shipper.sources.partials import PartialJoiner, group_of
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
 
+LOG_SUFFIX = "-json.log"
+_ROTATED = re.compile(r"\.(\d+)(\.gz)?")
 _handles = itertools.count(1)
 
 
@@ -26,261 +42,537 @@ _handles = itertools.count(1)
 class TailSettings:
     read_chunk_size: int
     poll_interval: float
+    partial_flush_timeout: float
+    max_message_bytes: int
+    max_pinned_bytes: int | None = None
     # A line with no newline within this many bytes is cut there and shipped as it is: Docker's
     # own lines are at most 16 KiB of text (about 100 KiB escaped), so only a foreign file gets
     # here, and waiting for its newline would hold all memory.
     max_line_bytes: int = 4 * 1024 * 1024
 
 
-class _OpenFile:
-    """One generation of the path: an open descriptor and what is known of its content."""
+class _Generation:
+    """One file of the container, open: where reading is, and what is known of its content."""
 
-    __slots__ = ("entry", "fd", "file", "finished", "offset", "removed")
+    __slots__ = (
+        "device",
+        "entry",
+        "file",
+        "finished",
+        "inode",
+        "offset",
+        "path",
+        "reader",
+        "released",
+        "size",
+    )
 
-    def __init__(self, fd: int, file: LogFile, offset: int, entry: FileCheckpoint | None) -> None:
-        self.fd = fd
+    def __init__(self, reader: LogReader, path: str, file: LogFile, offset: int) -> None:
+        stat = reader.stat()
+        self.reader = reader
+        self.path = path  # its name when last listed
+        self.device = stat.st_dev
+        self.inode = stat.st_ino
         self.file = file
-        self.offset = offset  # next byte to read (reading runs ahead of the settled offset)
-        self.entry = entry  # None until the file has a first byte to fingerprint
-        self.finished = False  # drained after rotation or removal: no more ranges will come
-        self.removed = False  # unlinked: its checkpoint goes once everything settled
+        self.offset = offset  # next byte to read
+        self.size = offset  # content bytes known to exist
+        self.entry: FileCheckpoint | None = None  # None until it has a first byte
+        self.finished = False  # drained: no more ranges will come
+        self.released = False  # closed before it was drained (a cap): stop reading it
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.device, self.inode)
 
 
-class FileFollower:
-    """Follows `<id>-json.log` through rotation: the renamed file is drained to its end through
-    its open descriptor before the new file is read, so lines stay in order (DESIGN.md §1).
-
-    Reading runs ahead of delivery; the checkpoint follows the settled offset reported by the
-    AckTracker, never the read offset.
-    """
+class ContainerFollower:
+    """Follows the log files of one container directory; run() until cancelled or it is gone."""
 
     def __init__(
         self,
         *,
         source: str,
-        path: str,
+        directory: str,
         container_id: str,
         settings: TailSettings,
         store: CheckpointStore,
         pipeline: Pipeline,
-        decode: Decoder,
         telemetry: Telemetry,
     ) -> None:
         self.source = source
-        self.path = path
+        self.directory = directory
         self.container_id = container_id
+        self.base = container_id + LOG_SUFFIX
+        self.current_path = os.path.join(directory, self.base)
         self._settings = settings
         self._store = store
         self._pipeline = pipeline
-        self._decode = decode
         self._telemetry = telemetry
+        self._pending: deque[_Generation] = deque()  # oldest first; [0] is the one being read
+        self._unsettled: dict[str, _Generation] = {}  # by handle: finished, not yet all settled
+        # Listed files with nothing to read, by (device, inode), with their (size, mtime): a
+        # deleted file's inode number is soon reused (often by the next `-json.log`), so a
+        # change of either means another file.
+        self._ignored: dict[tuple[int, int], tuple[int, int]] = {}
+        self._joiner = PartialJoiner(settings.max_message_bytes)
         self._wake = asyncio.Event()
+        self._last_reconcile = 0.0
+        self.gone = False  # the directory is gone: nothing more will come
+        self.pinned_bytes = 0  # on-disk bytes of deleted files still open
+
+    # -- discovery of generations -------------------------------------------------------------
 
     def wake(self) -> None:
-        """Something changed at this path: look now rather than at the next poll."""
+        """Something changed in the directory: look now rather than at the next poll."""
         self._wake.set()
 
-    def open(self, *, start_at_end: bool = False) -> _OpenFile | None:
-        """Open the file now at the path and find where to start; None if there is none."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.error(
-                "Cannot open log file.",
-                extra={"path": self.path, "error": exc.strerror or str(exc)},
-            )
-            return None
-        try:
-            return self._position(fd, start_at_end=start_at_end)
-        except OSError as exc:
-            os.close(fd)
-            log.error(
-                "Cannot read log file.",
-                extra={"path": self.path, "error": exc.strerror or str(exc)},
-            )
-            return None
+    @property
+    def open_files(self) -> int:
+        return len(self._pending)
 
-    def _position(self, fd: int, *, start_at_end: bool) -> _OpenFile:
-        stat = os.fstat(fd)
+    def reconcile(self, *, start_at_end: bool = False) -> None:
+        """List the directory; open every generation not seen yet, in age order, so that Docker
+        deleting it later cannot take unread lines; drop checkpoints of files that are gone."""
+        self._last_reconcile = time.monotonic()
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            names = []
+            self.gone = True
+        except OSError as exc:
+            log.error(
+                "Cannot list container directory.",
+                extra={"path": self.directory, "error": exc.strerror or str(exc)},
+            )
+            return
+        present: set[tuple[int, int]] = set()
+        open_keys = {gen.key for gen in self._pending}
+        for index, path in self._generations(names):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                continue
+            key = (stat.st_dev, stat.st_ino)
+            present.add(key)
+            if key in open_keys:
+                self._renamed(key, path)
+            elif self._ignored.get(key) != (stat.st_size, stat.st_mtime_ns):
+                generation = self._open(path, index, start_at_end=start_at_end)
+                if generation is None:
+                    self._ignored[key] = (stat.st_size, stat.st_mtime_ns)
+                else:
+                    self._ignored.pop(key, None)
+                    self._pending.append(generation)
+                    open_keys.add(key)
+        for key in self._ignored.keys() - present:
+            del self._ignored[key]
+        self._collect_garbage(present)
+        self._account_pinned()
+
+    def _generations(self, names: list[str]) -> list[tuple[int, str]]:
+        """This container's log files, oldest first, as (rotation index, path); 0 is current.
+
+        A `.N.gz` is left out while its uncompressed twin `.N` exists: Docker writes the gzip in
+        place and deletes `.N` only once it is complete.
+        """
+        found: dict[int, tuple[bool, str]] = {}
+        for name in names:
+            if name == self.base:
+                found[0] = (False, name)
+            elif name.startswith(self.base):
+                match = _ROTATED.fullmatch(name, len(self.base))
+                if match is None:
+                    continue
+                index, compressed = int(match[1]), match[2] is not None
+                if index in found and not found[index][0]:
+                    continue  # the plain twin is already there
+                found[index] = (compressed, name)
+        return [
+            (index, os.path.join(self.directory, found[index][1]))
+            for index in sorted(found, reverse=True)
+        ]
+
+    def _renamed(self, key: tuple[int, int], path: str) -> None:
+        for generation in self._pending:
+            if generation.key == key:
+                generation.path = path
+
+    def _open(self, path: str, index: int, *, start_at_end: bool) -> _Generation | None:
+        """Open a newly listed file; None if there is nothing to read in it."""
+        try:
+            reader = open_log(path)
+        except FileNotFoundError:
+            if index > 0 and not os.path.exists(path + ".gz"):
+                log.warning("Rotated log file vanished before it was opened.", extra={"path": path})
+            return None
+        except OSError as exc:
+            log.error(
+                "Cannot open log file.", extra={"path": path, "error": exc.strerror or str(exc)}
+            )
+            return None
+        try:
+            generation = self._position(reader, path, index, start_at_end=start_at_end)
+        except OSError as exc:
+            log.error(
+                "Cannot read log file.", extra={"path": path, "error": exc.strerror or str(exc)}
+            )
+            generation = None
+        if generation is None:
+            reader.close()
+            return None
+        self._telemetry.inc("shipper_files_opened_total", source=self.source)
+        self._pipeline.tracker.track(
+            generation.file.handle,
+            generation.offset,
+            functools.partial(self._settled, generation),
+        )
+        log.info(
+            "Following log file.",
+            extra={"path": path, "offset": generation.offset, "compressed": reader.compressed},
+        )
+        return generation
+
+    def _position(
+        self, reader: LogReader, path: str, index: int, *, start_at_end: bool
+    ) -> _Generation | None:
+        head = reader.head()
+        stat = reader.stat()
+        if not head and index > 0:
+            return None  # an empty rotated file: nothing will ever come
+        if head and self._same_content_as_open(head):
+            return None  # the gzip twin of a file we hold open
+        content_size = reader.content_size()
+        offset = 0
+        known = None
+        if head:
+            known = self._store.find(
+                prefix_fingerprints(head), path=path, device=stat.st_dev, inode=stat.st_ino
+            )
+        if known is not None:
+            offset = known.offset
+            if offset > content_size and not reader.compressed and index == 0:
+                self._count_truncation(path, offset, content_size)
+                offset = 0
+            elif index > 0 and offset >= content_size:
+                # Read before (a restart, or the gzip twin of a finished file): let its
+                # checkpoint follow it to this name, so it is not taken for a new file.
+                self._store.set(_moved(known, path, stat))
+                return None
+        elif start_at_end:
+            # History before the very first start: rotated files are skipped, the current
+            # file starts after its last whole line. Their checkpoints record that, so a
+            # restart does not take them for new files.
+            offset = content_size if index > 0 else end_of_last_line(reader.fd, content_size)
+        handle = f"{self.source}:{stat.st_dev}:{stat.st_ino}:{next(_handles)}"
         file = LogFile(
             source=self.source,
             container_id=self.container_id,
-            path=self.path,
-            handle=f"{self.source}:{stat.st_dev}:{stat.st_ino}:{next(_handles)}",
+            path=path,
+            handle=handle,
+            fingerprint=stable_id(head) if b"\n" in head else "",
         )
-        head = read_head(fd)
-        offset = 0
-        entry: FileCheckpoint | None = None
+        generation = _Generation(reader, path, file, offset)
+        generation.size = max(offset, content_size)
         if head:
-            known = self._store.find(
-                prefix_fingerprints(head), path=self.path, device=stat.st_dev, inode=stat.st_ino
-            )
-            if known is not None:
-                offset = known.offset
-                if offset > stat.st_size:
-                    self._truncated(offset, stat.st_size)
-                    offset = 0
-            elif start_at_end:
-                offset = end_of_last_line(fd, stat.st_size)
             entry = FileCheckpoint(
                 fingerprint=fingerprint(head),
                 head_len=len(head),
-                path=self.path,
+                path=path,
                 device=stat.st_dev,
                 inode=stat.st_ino,
                 offset=offset,
                 source=self.source,
                 updated_at=time.time(),
+                size=generation.size,
             )
             if known is not None and known.key != entry.key:
                 self._store.rekey(known.key, entry)
             else:
                 self._store.set(entry)
-        self._telemetry.inc("shipper_files_opened_total", source=self.source)
-        log.info(
-            "Following log file.",
-            extra={
-                "path": self.path,
-                "offset": offset,
-                "resumed": entry is not None and offset > 0,
-            },
-        )
-        return _OpenFile(fd, file, offset, entry)
+            generation.entry = entry
+        if start_at_end and index > 0:
+            return None  # recorded as read; nothing to follow
+        return generation
 
-    async def run(self, first: _OpenFile | None) -> None:
-        """Follow generation after generation until the path is gone; cancel to stop."""
-        current = first if first is not None else self.open()
-        while current is not None:
-            try:
-                await self._follow(current)
-            finally:
-                os.close(current.fd)
-                self._telemetry.inc("shipper_files_closed_total", source=self.source)
-            current = self.open()
+    def _same_content_as_open(self, head: bytes) -> bool:
+        of = prefix_fingerprints(head)
+        for generation in itertools.chain(self._pending, self._unsettled.values()):
+            entry = generation.entry
+            if entry is not None and of(entry.head_len) == entry.fingerprint:
+                return True
+        return False
 
-    async def _follow(self, current: _OpenFile) -> None:
-        tracker = self._pipeline.tracker
-        handle = current.file.handle
-        tracker.track(handle, current.offset, lambda offset: self._settled(current, offset))
-        replaced = False
-        while True:
-            try:
-                data = self._read(current)
-            except OSError as exc:
-                log.error(
-                    "Cannot read log file; trying again.",
-                    extra={"path": self.path, "error": exc.strerror or str(exc)},
-                )
-                await self._pause()
-                continue
-            cut = data.rfind(b"\n")
-            if cut >= 0 or len(data) >= self._settings.max_line_bytes:
-                await self._emit(current, data[: cut + 1] if cut >= 0 else data)
-                continue
-            # At the end, or only the start of a line not yet finished.
-            if replaced:
-                if data:  # the rest of a line that will never be finished: ship it as it is
-                    await self._emit(current, data)
-                self._finish(current)
-                return
-            replaced = self._replaced(current)
-            if replaced:
-                continue  # read once more: bytes written before the rename are still to come
-            size = os.fstat(current.fd).st_size
-            if size < current.offset:
-                self._truncated(current.offset, size)
-                self._restart(current)
-                continue
-            await self._pause()
+    # -- reading -----------------------------------------------------------------------------
 
-    def _read(self, current: _OpenFile) -> bytes:
+    async def run(self) -> None:
+        """Read generation after generation until the directory is gone; cancel to stop."""
+        try:
+            while True:
+                if not self._pending:
+                    if self.gone:
+                        return
+                    await self._idle()
+                    continue
+                generation = self._pending[0]
+                try:
+                    data = self._read(generation)
+                except OSError as exc:
+                    log.error(
+                        "Cannot read log file; trying again.",
+                        extra={"path": generation.path, "error": exc.strerror or str(exc)},
+                    )
+                    await self._pause()
+                    continue
+                cut = data.rfind(b"\n")
+                if cut >= 0 or len(data) >= self._settings.max_line_bytes:
+                    await self._emit(generation, data[: cut + 1] if cut >= 0 else data)
+                    if time.monotonic() - self._last_reconcile > self._settings.poll_interval:
+                        self.reconcile()  # keep pinning new generations while catching up
+                    continue
+                # At the end of this file, or only the start of an unfinished line.
+                if self._superseded(generation):
+                    if data:  # a line that will never be finished: ship it as it is
+                        await self._emit(generation, data)
+                    self._finish(generation)
+                    continue
+                if self._truncated(generation):
+                    continue
+                await self._idle()
+        finally:
+            for generation in self._pending:
+                generation.reader.close()
+            self._pending.clear()
+
+    def _read(self, generation: _Generation) -> bytes:
+        if generation.released:
+            return b""
         size = self._settings.read_chunk_size
         limit = self._settings.max_line_bytes
         while True:
-            data = os.pread(current.fd, size, current.offset)
+            data = generation.reader.read(generation.offset, size)
             if len(data) < size or b"\n" in data or size >= limit:
                 return data
             size = min(size * 4, limit)  # one line longer than a read: widen until it fits
 
-    async def _emit(self, current: _OpenFile, data: bytes) -> None:
-        if current.entry is None or current.entry.head_len < HEAD_BYTES:
-            self._refresh_identity(current)
-        chunk = Chunk(current.file, current.offset, data)
-        current.offset += len(data)
+    async def _emit(self, generation: _Generation, data: bytes) -> None:
+        if generation.entry is None or generation.entry.head_len < HEAD_BYTES:
+            self._refresh_identity(generation)
+        chunk = Chunk(generation.file, generation.offset, data)
+        generation.offset += len(data)
+        generation.size = max(generation.size, generation.offset)
         await self._pipeline.ingest(chunk, self._decode)
 
-    def _refresh_identity(self, current: _OpenFile) -> None:
+    def _decode(self, chunk: Chunk, hold: Hold) -> RecordGroup:
+        return decode_chunk(
+            chunk,
+            read_time=format_time_ns(time.time_ns()),
+            joiner=self._joiner,
+            hold=hold,
+            now=time.monotonic(),
+        )
+
+    def _refresh_identity(self, generation: _Generation) -> None:
         """A short file grew: its fingerprint now covers more bytes (a growing prefix)."""
-        head = read_head(current.fd)
-        if current.entry is not None and len(head) <= current.entry.head_len:
+        head = generation.reader.head()
+        entry = generation.entry
+        if entry is not None and len(head) <= entry.head_len:
             return
-        stat = os.fstat(current.fd)
-        entry = FileCheckpoint(
+        if not generation.file.fingerprint and b"\n" in head:
+            generation.file = _with_fingerprint(generation.file, stable_id(head))
+        new = FileCheckpoint(
             fingerprint=fingerprint(head),
             head_len=len(head),
-            path=current.file.path,
-            device=stat.st_dev,
-            inode=stat.st_ino,
-            offset=current.entry.offset if current.entry else 0,
+            path=generation.path,
+            device=generation.device,
+            inode=generation.inode,
+            offset=entry.offset if entry else generation.offset,
             source=self.source,
             updated_at=time.time(),
+            size=max(generation.size, len(head)),
         )
-        if current.entry is None:
-            self._store.set(entry)
+        if entry is None:
+            self._store.set(new)
         else:
-            self._store.rekey(current.entry.key, entry)
-        current.entry = entry
+            self._store.rekey(entry.key, new)
+        generation.entry = new
 
-    def _settled(self, current: _OpenFile, offset: int) -> None:
-        """The AckTracker moved this file's settled offset: that is the checkpoint."""
-        if current.entry is None:
-            return
-        current.entry = self._store.update_offset(current.entry.key, offset)
-        if current.finished and offset >= current.offset:
-            self._pipeline.tracker.forget(current.file.handle)
-            if current.removed:
-                self._store.remove(current.entry.key)
+    def _settled(self, generation: _Generation, offset: int) -> None:
+        """The AckTracker moved this file's settled offset: that is its checkpoint."""
+        entry = generation.entry
+        if entry is not None and self._store.get(entry.key) is not None:
+            generation.entry = self._store.update_offset(entry.key, offset, size=generation.size)
+        if generation.finished and offset >= generation.offset:
+            self._pipeline.tracker.forget(generation.file.handle)
+            self._unsettled.pop(generation.file.handle, None)
 
-    def _replaced(self, current: _OpenFile) -> bool:
-        """True when the path no longer names this file (rotated away or removed)."""
+    def _superseded(self, generation: _Generation) -> bool:
+        """Whether Docker is done writing this file: a newer generation exists, or its name is
+        no longer the current log (rotated, or the container removed)."""
+        if generation.released or len(self._pending) > 1:
+            return True
         try:
-            stat = os.stat(self.path)
+            stat = os.stat(self.current_path)
         except FileNotFoundError:
             return True
-        own = os.fstat(current.fd)
-        return (stat.st_dev, stat.st_ino) != (own.st_dev, own.st_ino)
+        return (stat.st_dev, stat.st_ino) != generation.key
 
-    def _finish(self, current: _OpenFile) -> None:
-        current.finished = True
-        current.removed = os.fstat(current.fd).st_nlink == 0
+    def _finish(self, generation: _Generation) -> None:
+        self._pending.popleft()
+        generation.finished = True
+        generation.reader.close()
+        self._telemetry.inc("shipper_files_closed_total", source=self.source)
         log.info(
             "Finished log file.",
-            extra={"path": self.path, "offset": current.offset, "removed": current.removed},
+            extra={"path": generation.path, "offset": generation.offset},
         )
         tracker = self._pipeline.tracker
-        if tracker.unsettled(current.file.handle) == 0:
-            self._settled(current, tracker.settled_offset(current.file.handle))
+        handle = generation.file.handle
+        self._unsettled[handle] = generation
+        if tracker.unsettled(handle) == 0:
+            self._settled(generation, tracker.settled_offset(handle))
 
-    def _restart(self, current: _OpenFile) -> None:
-        """The file was truncated in place: read it again from the start as new content."""
-        if current.entry is not None:
-            self._store.remove(current.entry.key)
-        current.entry = None
-        current.offset = 0
+    def _truncated(self, generation: _Generation) -> bool:
+        """The current file was truncated in place (Docker 20.10 with max-file=1): read it again
+        from the start as new content."""
+        size = generation.reader.content_size()
+        entry = generation.entry
+        if size >= generation.offset:
+            if entry is None or size < entry.head_len:
+                replaced = size < generation.offset
+            else:
+                head = generation.reader.read(0, entry.head_len)
+                replaced = fingerprint(head) != entry.fingerprint
+            if not replaced:
+                generation.size = max(generation.size, size)
+                return False
+        self._count_truncation(generation.path, generation.offset, size)
+        lost = generation.size - generation.offset
+        if lost > 0:
+            self._lost(generation.path, lost, "truncated")
+        if entry is not None:
+            self._store.remove(entry.key)
+        generation.entry = None
+        generation.offset = generation.size = 0
+        # New content, so a new lane: ranges of the old content may still settle, but can no
+        # longer move this file's checkpoint.
+        self._pipeline.tracker.forget(generation.file.handle)
+        generation.file = LogFile(
+            source=self.source,
+            container_id=self.container_id,
+            path=generation.path,
+            handle=f"{generation.file.handle}+",
+        )
         self._pipeline.tracker.track(
-            current.file.handle, 0, lambda offset: self._settled(current, offset)
+            generation.file.handle, 0, functools.partial(self._settled, generation)
         )
+        return True
 
-    def _truncated(self, offset: int, size: int) -> None:
-        self._telemetry.inc("shipper_truncations_total", source=self.source)
-        log.warning(
-            "Log file was truncated; reading it again from the start.",
-            extra={"path": self.path, "offset": offset, "size": size},
-        )
+    async def _idle(self) -> None:
+        """Nothing to read: ship partial lines that waited long enough, wait, look again."""
+        expired = self._joiner.expired(time.monotonic(), self._settings.partial_flush_timeout)
+        if expired:
+            group = group_of(expired)
+            self._pipeline.route(group, group.held, 0)
+        await self._pause()
+        self.reconcile()
 
     async def _pause(self) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+
+    def flush_partials(self) -> None:
+        """Ship every partial line now (the container stopped; shipper stops)."""
+        pending = self._joiner.take_all()
+        if pending:
+            group = group_of(pending)
+            self._pipeline.route(group, group.held, 0)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _account_pinned(self) -> None:
+        """Sum the disk held by deleted files still open; give the oldest up past the cap."""
+        pinned = 0
+        deleted: list[tuple[_Generation, int]] = []
+        for generation in self._pending:
+            if generation.released:
+                continue
+            stat = generation.reader.stat()
+            if stat.st_nlink == 0:
+                pinned += stat.st_size
+                deleted.append((generation, stat.st_size))
+        cap = self._settings.max_pinned_bytes
+        if cap is not None:
+            for generation, disk in deleted:
+                if pinned <= cap:
+                    break
+                self._release(generation)
+                pinned -= disk
+        self.pinned_bytes = pinned
+
+    def _release(self, generation: _Generation) -> None:
+        """Give a deleted file up before it was drained: its unread bytes are lost, counted."""
+        unread = max(0, generation.reader.content_size() - generation.offset)
+        generation.released = True
+        if unread:
+            self._lost(generation.path, unread, "pinned_limit")
+        if generation is not self._pending[0]:
+            self._pending.remove(generation)
+            generation.finished = True
+            generation.reader.close()
+            self._unsettled[generation.file.handle] = generation
+
+    def _collect_garbage(self, present: set[tuple[int, int]]) -> None:
+        """Checkpoints of this container's files that exist no more: gone, and counted as lost
+        where they were not read to the end."""
+        busy = {g.entry.key for g in self._pending if g.entry is not None}
+        busy |= {g.entry.key for g in self._unsettled.values() if g.entry is not None}
+        for entry in self._store.entries():
+            if (
+                entry.source != self.source
+                or os.path.dirname(entry.path) != self.directory
+                or entry.key in busy
+                or (entry.device, entry.inode) in present
+            ):
+                continue
+            if entry.size > entry.offset:
+                self._lost(entry.path, entry.size - entry.offset, "deleted_unread")
+            self._store.remove(entry.key)
+
+    def _lost(self, path: str, count: int, reason: str) -> None:
+        self._telemetry.inc("shipper_bytes_lost_total", count, source=self.source, reason=reason)
+        log.error(
+            "Log bytes lost: the file was gone before they were read.",
+            extra={"path": path, "bytes": count, "reason": reason},
+        )
+
+    def _count_truncation(self, path: str, offset: int, size: int) -> None:
+        self._telemetry.inc("shipper_truncations_total", source=self.source)
+        log.warning(
+            "Log file was truncated; reading it again from the start.",
+            extra={"path": path, "offset": offset, "size": size},
+        )
+
+
+def _with_fingerprint(file: LogFile, fingerprint_: str) -> LogFile:
+    return LogFile(
+        source=file.source,
+        container_id=file.container_id,
+        path=file.path,
+        handle=file.handle,
+        fingerprint=fingerprint_,
+    )
+
+
+def _moved(entry: FileCheckpoint, path: str, stat: os.stat_result) -> FileCheckpoint:
+    return FileCheckpoint(
+        fingerprint=entry.fingerprint,
+        head_len=entry.head_len,
+        path=path,
+        device=stat.st_dev,
+        inode=stat.st_ino,
+        offset=entry.offset,
+        source=entry.source,
+        updated_at=entry.updated_at,
+        size=entry.size,
+    )

@@ -53,6 +53,11 @@ DEFINITIONS: dict[str, Definition] = {
         Kind.COUNTER, "Log files closed after they were drained or removed.", ("source",)
     ),
     "shipper_open_files": Definition(Kind.GAUGE, "Log files held open now.", ("source",)),
+    "shipper_pinned_bytes": Definition(
+        Kind.GAUGE,
+        "Disk bytes of deleted log files held open until drained.",
+        ("source",),
+    ),
     "shipper_records_total": Definition(
         Kind.COUNTER,
         "Records that reached a final outcome at an output.",

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from functools import partial
 
 import orjson
 import pytest
@@ -376,7 +375,9 @@ class Rig:
         return chunk
 
     async def ingest(self, chunk: Chunk) -> None:
-        await self.pipeline.ingest(chunk, partial(decode_chunk, read_time=READ_TIME))
+        await self.pipeline.ingest(
+            chunk, lambda chunk, hold: decode_chunk(chunk, read_time=READ_TIME, hold=hold)
+        )
 
     @property
     def checkpoint(self) -> int:

@@ -1,0 +1,142 @@
+"""PartialJoiner: rejoins the 16 KiB parts Docker splits long lines into, per container and stream.
+
+Docker writes a line longer than 16 KiB as several entries whose `log` has no trailing newline;
+the last part has it, and every part carries the same `time` (DESIGN.md §4). Nothing else marks a
+part, so a part waits here until its stream's next entry with a newline, a flush timeout, or a
+size cap. One joiner serves all of a container's files, so a line split across a rotation is
+joined too; the byte ranges of every part stay held until the joined record settles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shipper.model import Hold, LogFile, RecordGroup
+
+FLAG_TRUNCATED = "truncated"
+FLAG_PARTIAL_HEAD_LOST = "partial_head_lost"
+
+
+@dataclass(slots=True)
+class Partial:
+    """The parts of one line seen so far."""
+
+    file: LogFile  # where the first part is
+    offset: int  # of the first part's entry in that file
+    timestamp: str
+    since: float  # monotonic time the first part arrived: the flush timeout counts from here
+    parts: list[str] = field(default_factory=list)
+    size: int = 0  # UTF-8 bytes kept in `parts`
+    truncated: bool = False
+    head_lost: bool = False
+    holds: list[Hold] = field(default_factory=list)
+
+
+class PartialJoiner:
+    """The pending parts of one container, by stream.
+
+    `max_bytes` caps a joined message: the rest is dropped and the record flagged `truncated`
+    (the entries still count as read, so the checkpoint moves past them).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.pending: dict[str, Partial] = {}
+        # Streams whose first part lies in a file that is gone: their next part or line is the
+        # tail of a record whose head was lost (set from a checkpoint after a restart).
+        self.head_lost: set[str] = set()
+
+    def add(
+        self,
+        stream: str,
+        text: str,
+        *,
+        file: LogFile,
+        offset: int,
+        timestamp: str,
+        hold: Hold | None,
+        now: float,
+    ) -> None:
+        """A part without newline: keep it, and keep its chunk's range held."""
+        partial = self.pending.get(stream)
+        if partial is None:
+            partial = Partial(file=file, offset=offset, timestamp=timestamp, since=now)
+            if stream in self.head_lost:
+                self.head_lost.discard(stream)
+                partial.head_lost = True
+            self.pending[stream] = partial
+        self._append(partial, text)
+        if hold is not None and (not partial.holds or partial.holds[-1] is not hold):
+            hold.hold()
+            partial.holds.append(hold)
+
+    def finish(self, stream: str, text: str) -> Partial | None:
+        """The part with the newline arrived: the whole line, or None if nothing was pending."""
+        partial = self.pending.pop(stream, None)
+        if partial is not None:
+            self._append(partial, text)
+        return partial
+
+    def take_head_lost(self, stream: str) -> bool:
+        """Whether a complete line in `stream` is the tail of a record whose head is gone."""
+        if stream in self.head_lost:
+            self.head_lost.discard(stream)
+            return True
+        return False
+
+    def expired(self, now: float, timeout: float) -> list[tuple[str, Partial]]:
+        """Remove and return the partials that waited `timeout` seconds for their last part."""
+        done = [(s, p) for s, p in self.pending.items() if now - p.since >= timeout]
+        for stream, _ in done:
+            del self.pending[stream]
+        return done
+
+    def take_all(self) -> list[tuple[str, Partial]]:
+        """Remove and return every pending partial (the container stopped, or a backfill ends)."""
+        done = list(self.pending.items())
+        self.pending.clear()
+        return done
+
+    def oldest(self) -> float | None:
+        return min((p.since for p in self.pending.values()), default=None)
+
+    def _append(self, partial: Partial, text: str) -> None:
+        if partial.truncated:
+            return
+        size = len(text.encode("utf-8", "surrogatepass"))
+        room = self.max_bytes - partial.size
+        if size > room:
+            text = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+            partial.truncated = True
+            size = room
+        partial.parts.append(text)
+        partial.size += size
+
+
+def flags_of(partial: Partial) -> tuple[str, ...]:
+    flags = []
+    if partial.head_lost:
+        flags.append(FLAG_PARTIAL_HEAD_LOST)
+    if partial.truncated:
+        flags.append(FLAG_TRUNCATED)
+    return tuple(flags)
+
+
+def group_of(partials: list[tuple[str, Partial]]) -> RecordGroup:
+    """The records of partials given up on (timeout, stop), as a group that holds no bytes of
+    its own: it settles only the ranges its parts held."""
+    first = partials[0][1]
+    group = RecordGroup(file=first.file, start=0, end=0)
+    for stream, partial in partials:
+        index = len(group.messages)
+        group.messages.append("".join(partial.parts))
+        group.streams.append(stream)
+        group.timestamps.append(partial.timestamp)
+        group.offsets.append(partial.offset)
+        flags = flags_of(partial)
+        if flags:
+            group.flags[index] = flags
+        if partial.file is not first.file:
+            group.heads[index] = partial.file
+        group.held.extend(partial.holds)
+    return group
