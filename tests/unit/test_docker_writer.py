@@ -1,16 +1,24 @@
-"""Tests for the Docker json-file writer: entry bytes, times, 16 KiB splits, rotation, metadata."""
+"""Tests for the Docker json-file writer: entry bytes, times, 16 KiB splits, rotation,
+compression, metadata."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
 import stat
+import struct
+import threading
+import time
+import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shipper import docker_writer
 from shipper.docker_writer import (
     DEFAULT_START_NS,
     DEFAULT_STEP_NS,
@@ -19,6 +27,8 @@ from shipper.docker_writer import (
     ContainerLog,
     DockerRootWriter,
     FakeClock,
+    encode_attrs,
+    encode_entry,
     encode_json_string,
     format_docker_time,
     realistic_lines,
@@ -35,7 +45,7 @@ def writer(tmp_path: Path) -> DockerRootWriter:
     return DockerRootWriter(tmp_path / "containers")
 
 
-def entries(container: ContainerLog) -> list[dict[str, str]]:
+def entries(container: ContainerLog) -> list[dict[str, Any]]:
     """Every entry of every log file of `container`, oldest first."""
     lines = b"".join(path.read_bytes() for path in container.log_files()).splitlines()
     return [json.loads(line) for line in lines]
@@ -304,6 +314,271 @@ def test_split_parts_straddle_a_rotation(writer: DockerRootWriter) -> None:
     # Part 2 crossed max-size after part 1, so part 3 starts the new file.
     assert [len(p) for p in old_parts] == [MAX_ENTRY_BYTES, MAX_ENTRY_BYTES]
     assert "".join(old_parts + new_parts) == message + "\n"
+
+
+# --- compress=true ----------------------------------------------------------------------------
+
+ENTRY = len(b'{"log":"line 0000\\n","stream":"stdout","time":"%s"}\n' % T0_TEXT.encode())
+
+
+def write_timed(container: ContainerLog, first: int, count: int) -> None:
+    """Entries n=first… of one size, entry n at time T0 + n seconds (fraction kept)."""
+    for n in range(first, first + count):
+        container.write(f"line {n:04d}", time_ns=T0 + n * 10**9)
+
+
+def gzip_extra(path: Path) -> bytes:
+    """FEXTRA of a gzip file written by Go's gzip.Writer with only Header.Extra set."""
+    head = path.read_bytes()
+    magic, method, flags, mtime, xfl, os_byte, xlen = struct.unpack("<2sBBIBBH", head[:12])
+    assert (magic, method, flags, mtime, xfl, os_byte) == (b"\x1f\x8b", 8, 0x04, 0, 0, 255)
+    return head[12 : 12 + xlen]
+
+
+def last_time(container_bytes: bytes) -> str:
+    return str(json.loads(container_bytes.splitlines()[-1])["time"])
+
+
+def read_content(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+
+
+def names(container: ContainerLog) -> list[str]:
+    return [p.name.removeprefix(container.id) for p in container.log_files()]
+
+
+def test_compress_sync_makes_gz_files_with_last_time(tmp_path: Path) -> None:
+    plain = DockerRootWriter(tmp_path / "plain").add_container(
+        "web", max_size=2 * ENTRY, max_file=3
+    )
+    zipped = DockerRootWriter(tmp_path / "gz", compression="sync").add_container(
+        "web", max_size=2 * ENTRY, max_file=3, compress=True
+    )
+    for container in (plain, zipped):
+        write_timed(container, 0, 9)
+    assert names(zipped) == ["-json.log.2.gz", "-json.log.1.gz", "-json.log"]
+    assert zipped.generations() == zipped.log_files()
+    assert zipped.pending_compression is None
+    # The same content as without compression, generation by generation.
+    assert [read_content(p) for p in zipped.generations()] == [
+        p.read_bytes() for p in plain.log_files()
+    ]
+    for compressed, uncompressed in zip(zipped.log_files()[:2], plain.log_files()[:2], strict=True):
+        extra = gzip_extra(compressed)
+        assert extra == b'{"lastTime":"%s"}' % last_time(uncompressed.read_bytes()).encode()
+        last = 5 if compressed.name.endswith(".2.gz") else 7
+        assert json.loads(extra) == {"lastTime": f"2024-05-01T12:00:0{last}.123456789Z"}
+        assert stat.S_IMODE(compressed.stat().st_mode) & 0o007 == 0
+    assert numbers(zipped.log_path) == [8]  # the current file is never compressed
+
+
+def test_compress_with_max_file_2_keeps_one_gz(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path, compression="sync")
+    container = writer.add_container("web", max_size=2 * ENTRY, max_file=2, compress=True)
+    write_timed(container, 0, 7)
+    assert names(container) == ["-json.log.1.gz", "-json.log"]
+    one = container.log_files()[0]
+    assert [int(json.loads(line)["log"].split()[1]) for line in read_content(one).splitlines()] == [
+        4,
+        5,
+    ]
+
+
+def test_manual_compression_shows_the_overlap(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path, compression="manual")
+    # Big enough for the deflater to emit blocks before the end: the .gz visibly grows.
+    container = writer.add_container("web", max_size=600_000, max_file=3, compress=True)
+    lines = realistic_lines(random.Random(9), 100_000, container="web")
+    while not container.log_path.with_name(container.log_path.name + ".1").exists():
+        stream, text = next(lines)
+        container.write(text, stream=stream)
+    one = container.log_path.with_name(container.log_path.name + ".1")
+    one_gz = one.with_name(one.name + ".gz")
+    content = one.read_bytes()
+    inode = one.stat().st_ino
+
+    # Rotated, not compressed yet: dockerd's goroutine has not run.
+    assert container.pending_compression == one
+    assert names(container) == ["-json.log.1", "-json.log"]
+    assert container.generations() == [one, container.log_path]
+
+    # Half-way: .1 is intact and .1.gz is a growing gzip stream without its end.
+    assert container.compress_pending(partial=True) is True
+    assert one.read_bytes() == content
+    assert one.stat().st_ino == inode
+    assert names(container) == ["-json.log.1", "-json.log.1.gz", "-json.log"]
+    assert container.generations() == [one, container.log_path]  # .1 still holds it completely
+    partial = one_gz.read_bytes()
+    extra = gzip_extra(one_gz)
+    assert len(partial) > 12 + len(extra)  # some deflate data is already there
+    with pytest.raises(EOFError):
+        gzip.decompress(partial)
+    prefix = zlib.decompressobj(-zlib.MAX_WBITS).decompress(partial[12 + len(extra) :])
+    assert 0 < len(prefix) < len(content)
+    assert content.startswith(prefix)
+    assert container.pending_compression == one
+
+    # Finished: the gzip stream is closed, then .1 is unlinked.
+    assert container.compress_pending() is True
+    assert not one.exists()
+    assert gzip.decompress(one_gz.read_bytes()) == content
+    assert json.loads(gzip_extra(one_gz)) == {"lastTime": last_time(content)}
+    assert container.generations() == [one_gz, container.log_path]
+    assert container.compress_pending() is False
+    pending: Path | None = container.pending_compression  # (a fresh read: mypy narrowed it)
+    assert pending is None
+
+
+def test_manual_rotation_completes_the_pending_compression_first(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path, compression="manual")
+    container = writer.add_container("web", max_size=2 * ENTRY, max_file=4, compress=True)
+    write_timed(container, 0, 3)  # one rotation: .1 pending
+    container.compress_pending(partial=True)
+    write_timed(container, 3, 2)  # the next rotation waits for it, as dockerd's rotateMu does
+    assert names(container) == ["-json.log.2.gz", "-json.log.1", "-json.log"]
+    two, one, current = container.generations()
+    assert [numbers_of(two), numbers_of(one), numbers_of(current)] == [[0, 1], [2, 3], [4]]
+    assert json.loads(gzip_extra(two)) == {"lastTime": format_docker_time(T0 + 10**9)}
+    container.compress_pending()
+    assert names(container) == ["-json.log.2.gz", "-json.log.1.gz", "-json.log"]
+
+
+def numbers_of(path: Path) -> list[int]:
+    return [int(json.loads(line)["log"].split()[1]) for line in read_content(path).splitlines()]
+
+
+def test_manual_compression_survives_close(tmp_path: Path) -> None:
+    with DockerRootWriter(tmp_path, compression="manual") as writer:
+        container = writer.add_container("web", max_size=2 * ENTRY, max_file=3, compress=True)
+        write_timed(container, 0, 3)
+        container.stop()
+    assert names(container) == ["-json.log.1", "-json.log"]  # the test still holds the goroutine
+    assert container.compress_pending() is True
+    assert names(container) == ["-json.log.1.gz", "-json.log"]
+
+
+def test_thread_compression_is_consistent_after_close(tmp_path: Path) -> None:
+    sync = DockerRootWriter(tmp_path / "sync", compression="sync")
+    threaded = DockerRootWriter(tmp_path / "thread")  # "thread" is the default
+    assert threaded.compression == "thread"
+    logs = [
+        w.add_container("web", max_size=16 * 1024, max_file=5, compress=True)
+        for w in (sync, threaded)
+    ]
+    for log in logs:
+        for n, (stream, text) in enumerate(realistic_lines(random.Random(4), 2000, container="w")):
+            log.write(text, stream=stream, time_ns=T0 + n)
+    threaded.close()
+    sync.close()
+    expected, got = logs
+    assert names(got) == [
+        "-json.log.4.gz",
+        "-json.log.3.gz",
+        "-json.log.2.gz",
+        "-json.log.1.gz",
+        "-json.log",
+    ]
+    assert got.pending_compression is None
+    assert [read_content(p) for p in got.generations()] == [
+        read_content(p) for p in expected.generations()
+    ]
+    for path in got.generations()[:-1]:
+        assert json.loads(gzip_extra(path))["lastTime"] == last_time(read_content(path))
+
+
+def test_thread_compressions_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    running: list[int] = []
+    most = 0
+    lock = threading.Lock()
+    real_step = docker_writer._GzipJob.step
+
+    def slow_step(self: docker_writer._GzipJob, *, partial: bool = False) -> None:
+        nonlocal most
+        with lock:
+            running.append(1)
+            most = max(most, len(running))
+        time.sleep(0.02)  # long enough for the writer to reach the next rotation meanwhile
+        real_step(self, partial=partial)
+        with lock:
+            running.pop()
+
+    monkeypatch.setattr(docker_writer._GzipJob, "step", slow_step)
+    with DockerRootWriter(tmp_path) as writer:
+        container = writer.add_container("web", max_size=ENTRY, max_file=3, compress=True)
+        write_timed(container, 0, 6)  # a rotation before each write after the first
+    assert most == 1
+    assert names(container) == ["-json.log.2.gz", "-json.log.1.gz", "-json.log"]
+    assert [numbers_of(p) for p in container.generations()] == [[3], [4], [5]]
+
+
+def test_hostconfig_records_compress(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path)
+    container = writer.add_container("web", max_size=1 << 20, max_file=3, compress=True)
+    # A map[string]string in Go: json.Marshal sorts its keys.
+    assert b'"Config":{"compress":"true","max-file":"3","max-size":"1m"}' in (
+        container.hostconfig_path.read_bytes()
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_size": 1000}, {"max_size": 1000, "max_file": 1}, {"max_file": 2}],
+)
+def test_compress_needs_rotation_with_two_files(
+    writer: DockerRootWriter, options: dict[str, int]
+) -> None:
+    with pytest.raises(ValueError, match=r"max-file is less than 2|max_size"):
+        writer.add_container("web", compress=True, **options)  # type: ignore[arg-type]
+
+
+def test_compression_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="compression"):
+        DockerRootWriter(tmp_path, compression="later")  # type: ignore[arg-type]
+    writer = DockerRootWriter(tmp_path, compression="sync")
+    container = writer.add_container(
+        "web", max_size=ENTRY, max_file=2, compress=True, compression="thread"
+    )
+    assert container.compression == "thread"
+    with pytest.raises(ValueError, match="manual"):
+        container.compress_pending(partial=True)
+    assert container.compress_pending() is False
+    writer.close()
+
+
+# --- attrs ------------------------------------------------------------------------------------
+
+
+def test_attrs_sit_between_stream_and_time(writer: DockerRootWriter) -> None:
+    attrs = {"tag": "web/1", "com.example.team": "shop & <ops>", "z": "tab\there"}
+    container = writer.add_container("web-1", log_attrs=attrs)
+    container.write("hello", stream="stderr", time_ns=T0)
+    assert container.log_path.read_bytes() == (
+        b'{"log":"hello\\n","stream":"stderr","attrs":{"com.example.team":'
+        b'"shop \\u0026 \\u003cops\\u003e","tag":"web/1","z":"tab\\there"},'
+        b'"time":"' + T0_TEXT.encode() + b'"}\n'
+    )
+    assert entries(container)[0]["attrs"] == attrs
+
+
+def test_attrs_in_every_split_part(writer: DockerRootWriter) -> None:
+    container = writer.add_container("web-1", log_attrs={"tag": "t"})
+    container.write("x" * 20_000, time_ns=T0)
+    assert [e["attrs"] for e in entries(container)] == [{"tag": "t"}, {"tag": "t"}]
+
+
+def test_empty_attrs_give_no_key(writer: DockerRootWriter) -> None:
+    container = writer.add_container("web-1", log_attrs={})
+    container.write("x", time_ns=T0)
+    assert b"attrs" not in container.log_path.read_bytes()
+    assert encode_attrs({}) == b""
+    assert encode_entry(b"x\n", "stdout", T0, b"") == encode_entry(b"x\n", "stdout", T0)
+
+
+def test_attrs_are_encoded_as_go_json() -> None:
+    # Keys sorted by their UTF-8 bytes, control characters as Go writes them, DEL raw.
+    assert encode_attrs({"é": "1", "b": "\n\x01\x7f", "a": "\u2028"}) == (
+        b'{"a":"\\u2028","b":"\\n\\u0001\x7f","\xc3\xa9":"1"}'
+    )
 
 
 # --- metadata ---------------------------------------------------------------------------------
