@@ -30,8 +30,9 @@ __all__ = [
 FORMAT_VERSION = 1
 """Version written in the file; any incompatible change to the format bumps it."""
 
-MAX_HEAD_LEN = 1024
-"""The fingerprint covers at most this many leading bytes of a file."""
+MAX_HEAD_LEN = 1024 + 64
+"""The fingerprint covers at most this many identity bytes of a file (shipper.sources.identity:
+the first KiB, plus the end of a first line longer than that)."""
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("fingerprint", "head_len", "path", "device", "inode", "offset", "source", "updated_at")
@@ -301,6 +302,7 @@ class CheckpointStore:
         path: str,
         device: int,
         inode: int,
+        size: int | None = None,
     ) -> FileCheckpoint | None:
         """Return the entry whose content identity matches this file, or None.
 
@@ -309,11 +311,12 @@ class CheckpointStore:
         again once it returns None (a file shorter than n is shorter than any longer n).
 
         Content must match; among matching entries, one with the same (device, inode) wins (the
-        same file, perhaps renamed), then one with the same path, then the one with the longest
+        same file, perhaps renamed), then one whose recorded size equals `size` (the gzip twin
+        of a file read to its end), then one with the same path, then the one with the longest
         head_len (the most specific identity).
         """
         best: FileCheckpoint | None = None
-        best_rank: tuple[bool, bool, int] | None = None
+        best_rank: tuple[bool, bool, bool, int] | None = None
         for head_len in sorted(self._head_lens):
             fingerprint = fingerprint_of(head_len)
             if fingerprint is None:
@@ -321,7 +324,12 @@ class CheckpointStore:
             cp = self._entries.get(CheckpointKey(fingerprint, head_len))
             if cp is None:
                 continue
-            rank = (cp.device == device and cp.inode == inode, cp.path == path, cp.head_len)
+            rank = (
+                cp.device == device and cp.inode == inode,
+                size is not None and cp.size == size,
+                cp.path == path,
+                cp.head_len,
+            )
             if best_rank is None or rank > best_rank:
                 best, best_rank = cp, rank
         return best

@@ -15,14 +15,15 @@ import orjson
 
 from shipper.model import Chunk, Hold, RecordGroup
 from shipper.sources.partials import (
+    FLAG_INVALID_TIME,
     FLAG_PARTIAL_HEAD_LOST,
     Partial,
     PartialJoiner,
     flags_of,
+    joined_text,
 )
 
 FLAG_INVALID_JSON = "invalid_json"
-FLAG_INVALID_TIME = "invalid_time"
 
 # RFC 3339 as Go's RFC3339Nano writes it: the fraction has 0 to 9 digits (trailing zeros are
 # trimmed, and a zero fraction has no dot at all). Docker writes UTC ("Z"); an offset is accepted
@@ -126,12 +127,16 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
             message = message[:-2] if message.endswith("\r\n") else message[:-1]
         elif joiner is not None:
             # A part of a longer line (or a last line without newline): wait for the rest.
+            timestamp = normalize_time(when) if type(when) is str else None
+            attrs = entry.get("attrs")
             joiner.add(
                 stream,
                 message,
                 file=chunk.file,
                 offset=offset,
-                timestamp=_time_or(when, read_time),
+                timestamp=timestamp or read_time,
+                time_valid=timestamp is not None,
+                attrs=attrs if attrs and type(attrs) is dict else None,
                 hold=hold,
                 now=now,
             )
@@ -160,20 +165,20 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
     return group
 
 
-def _time_or(when: object, read_time: str) -> str:
-    return (normalize_time(when) if type(when) is str else None) or read_time
-
-
 def _add_joined(group: RecordGroup, partial: Partial, stream: str) -> None:
     """Append a record rejoined from its parts: it starts where its first part does."""
     index = len(group.messages)
-    group.messages.append("".join(partial.parts))
+    group.messages.append(joined_text(partial))
     group.streams.append(stream)
     group.offsets.append(partial.offset)
     group.timestamps.append(partial.timestamp)
     flags = flags_of(partial)
     if flags:
         group.flags[index] = flags
+    if not partial.time_valid:
+        group.invalid_time += 1
+    if partial.attrs:
+        group.attrs[index] = {str(k): str(v) for k, v in partial.attrs.items()}
     if partial.file is not group.file:
         group.heads[index] = partial.file
     group.held.extend(partial.holds)

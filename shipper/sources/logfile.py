@@ -6,7 +6,7 @@ import gzip
 import os
 import struct
 
-from shipper.sources.identity import HEAD_BYTES
+from shipper.sources.identity import first_line, identity_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -27,8 +27,12 @@ class LogReader:
         return os.pread(self.fd, size, offset)
 
     def head(self) -> bytes:
-        """The first HEAD_BYTES bytes of content, or all of it when shorter."""
-        return self.read(0, HEAD_BYTES)
+        """The identity bytes of the content (shipper.sources.identity)."""
+        return identity_bytes(self.read)
+
+    def first_line(self) -> bytes | None:
+        """The first line of content with its newline, or None while it is unfinished."""
+        return first_line(self.read)
 
     def content_size(self) -> int:
         """How many bytes of content there are now."""

@@ -15,6 +15,7 @@ from shipper.model import Hold, LogFile, RecordGroup
 
 FLAG_TRUNCATED = "truncated"
 FLAG_PARTIAL_HEAD_LOST = "partial_head_lost"
+FLAG_INVALID_TIME = "invalid_time"
 
 
 @dataclass(slots=True)
@@ -25,6 +26,8 @@ class Partial:
     offset: int  # of the first part's entry in that file
     timestamp: str
     since: float  # monotonic time the first part arrived: the flush timeout counts from here
+    time_valid: bool = True  # False: `timestamp` is the read time standing in for a bad one
+    attrs: dict[str, object] | None = None  # Docker's `attrs` of the first part
     parts: list[str] = field(default_factory=list)
     size: int = 0  # UTF-8 bytes kept in `parts`
     truncated: bool = False
@@ -56,11 +59,20 @@ class PartialJoiner:
         timestamp: str,
         hold: Hold | None,
         now: float,
+        time_valid: bool = True,
+        attrs: dict[str, object] | None = None,
     ) -> None:
         """A part without newline: keep it, and keep its chunk's range held."""
         partial = self.pending.get(stream)
         if partial is None:
-            partial = Partial(file=file, offset=offset, timestamp=timestamp, since=now)
+            partial = Partial(
+                file=file,
+                offset=offset,
+                timestamp=timestamp,
+                since=now,
+                time_valid=time_valid,
+                attrs=attrs,
+            )
             if stream in self.head_lost:
                 self.head_lost.discard(stream)
                 partial.head_lost = True
@@ -113,12 +125,21 @@ class PartialJoiner:
         partial.size += size
 
 
+def joined_text(partial: Partial) -> str:
+    """The whole line. A CRLF line split between its \r and \n ends in \r once the last
+    part's \n is gone: strip it as the unsplit line's ending would be."""
+    text = "".join(partial.parts)
+    return text[:-1] if text.endswith("\r") else text
+
+
 def flags_of(partial: Partial) -> tuple[str, ...]:
     flags = []
     if partial.head_lost:
         flags.append(FLAG_PARTIAL_HEAD_LOST)
     if partial.truncated:
         flags.append(FLAG_TRUNCATED)
+    if not partial.time_valid:
+        flags.append(FLAG_INVALID_TIME)
     return tuple(flags)
 
 
@@ -129,7 +150,7 @@ def group_of(partials: list[tuple[str, Partial]]) -> RecordGroup:
     group = RecordGroup(file=first.file, start=0, end=0)
     for stream, partial in partials:
         index = len(group.messages)
-        group.messages.append("".join(partial.parts))
+        group.messages.append(joined_text(partial))
         group.streams.append(stream)
         group.timestamps.append(partial.timestamp)
         group.offsets.append(partial.offset)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import itertools
 import logging
@@ -21,12 +22,20 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from shipper.checkpoints import CheckpointStore, FileCheckpoint
+import orjson
+
+from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, Hold, LogFile, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
-from shipper.sources.docker_json import decode_chunk, format_time_ns
-from shipper.sources.identity import HEAD_BYTES, fingerprint, prefix_fingerprints, stable_id
+from shipper.sources.docker_json import decode_chunk, format_time_ns, normalize_time
+from shipper.sources.identity import (
+    HEAD_BYTES,
+    IDENTITY_BYTES,
+    fingerprint,
+    prefix_fingerprints,
+    stable_id,
+)
 from shipper.sources.logfile import LogReader, open_log
 from shipper.sources.partials import PartialJoiner, group_of
 from shipper.telemetry.counters import Telemetry
@@ -36,6 +45,26 @@ log = logging.getLogger(__name__)
 LOG_SUFFIX = "-json.log"
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?")
 _handles = itertools.count(1)
+
+
+class _Later(enum.Enum):
+    LATER = "later"  # a listed file that cannot be judged yet (an unfinished gzip, an error)
+    MOVED = "moved"  # its name holds another file since the listing: list again
+
+
+_LATER = _Later.LATER
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A listed file with nothing to read (read before, empty, a twin), and its checkpoint."""
+
+    entry: CheckpointKey | None
+
+
+_MOVED = _Later.MOVED
+# Listings retried while Docker rotates under our feet; each costs a few stat() calls.
+_LISTING_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +88,8 @@ class _Generation:
         "entry",
         "file",
         "finished",
+        "first_time",
+        "identity_final",
         "inode",
         "offset",
         "path",
@@ -78,6 +109,8 @@ class _Generation:
         self.size = offset  # content bytes known to exist
         self.entry: FileCheckpoint | None = None  # None until it has a first byte
         self.finished = False  # drained: no more ranges will come
+        self.identity_final = False  # fingerprint and first line can no longer grow
+        self.first_time = ""  # `time` of its first entry: its age among the container's files
         self.released = False  # closed before it was drained (a cap): stop reading it
 
     @property
@@ -110,11 +143,12 @@ class ContainerFollower:
         self._telemetry = telemetry
         self._pending: deque[_Generation] = deque()  # oldest first; [0] is the one being read
         self._unsettled: dict[str, _Generation] = {}  # by handle: finished, not yet all settled
-        # Listed files with nothing to read, by (device, inode), with their (size, mtime): a
-        # deleted file's inode number is soon reused (often by the next `-json.log`), so a
-        # change of either means another file.
-        self._ignored: dict[tuple[int, int], tuple[int, int]] = {}
+        # Listed files with nothing to read, by (device, inode): their (size, mtime), since a
+        # deleted file's inode number is soon reused (often by the next `-json.log`) and a
+        # change of either means another file; and the checkpoint that records them.
+        self._ignored: dict[tuple[int, int], tuple[tuple[int, int], CheckpointKey | None]] = {}
         self._joiner = PartialJoiner(settings.max_message_bytes)
+        self._reported: set[str] = set()  # paths whose error was logged
         self._wake = asyncio.Event()
         self._last_reconcile = 0.0
         self.gone = False  # the directory is gone: nothing more will come
@@ -134,40 +168,106 @@ class ContainerFollower:
         """List the directory; open every generation not seen yet, in age order, so that Docker
         deleting it later cannot take unread lines; drop checkpoints of files that are gone."""
         self._last_reconcile = time.monotonic()
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            names = []
-            self.gone = True
-        except OSError as exc:
-            log.error(
-                "Cannot list container directory.",
-                extra={"path": self.directory, "error": exc.strerror or str(exc)},
-            )
-            return
-        present: set[tuple[int, int]] = set()
-        open_keys = {gen.key for gen in self._pending}
-        for index, path in self._generations(names):
+        for _ in range(_LISTING_ATTEMPTS):
+            snapshot = self._snapshot()
+            if snapshot is None:
+                break  # Docker kept rotating: what was opened so far is in order; look later
+            deferred = self._open_new(snapshot, start_at_end=start_at_end)
+            if deferred is not None:
+                # Only a whole, consistent listing may say that a file is gone.
+                present = {key for _, _, key, _ in snapshot}
+                for key in self._ignored.keys() - present:
+                    del self._ignored[key]  # gone: its inode number may be reused
+                self._collect_garbage(deferred)
+                break
+        self._account_pinned()
+
+    def _snapshot(self) -> list[tuple[int, str, tuple[int, int], os.stat_result]] | None:
+        """The generations oldest first as (index, path, (device, inode), stat), seen without a
+        rotation in between; None if that could not be had (or the directory not listed).
+
+        Docker renames every file at each rotation, so a name listed a moment ago may already
+        name the next-younger file. A listing counts only when listing and stat-ing twice give
+        the same names and the same inodes; otherwise a rotation ran meanwhile: look again.
+        """
+        previous: list[tuple[int, str, tuple[int, int], os.stat_result]] | None = None
+        for _ in range(_LISTING_ATTEMPTS):
             try:
-                stat = os.stat(path)
+                names = os.listdir(self.directory)
             except FileNotFoundError:
+                self.gone = True
+                return []
+            except OSError as exc:
+                self._report(self.directory, "Cannot list container directory.", exc)
+                return None
+            current = []
+            complete = True
+            for index, path in self._generations(names):
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:
+                    complete = False  # renamed or deleted since the listing
+                    break
+                current.append((index, path, (stat.st_dev, stat.st_ino), stat))
+            if not complete:
+                previous = None
                 continue
-            key = (stat.st_dev, stat.st_ino)
-            present.add(key)
+            if previous is not None and [e[:3] for e in previous] == [e[:3] for e in current]:
+                return current
+            previous = current
+        return None
+
+    def _open_new(
+        self,
+        snapshot: list[tuple[int, str, tuple[int, int], os.stat_result]],
+        *,
+        start_at_end: bool,
+    ) -> set[tuple[int, int]] | None:
+        """Open the generations of `snapshot` not seen yet, oldest first. Returns the files
+        left to look at later, or None if a name no longer held the file listed (a rotation
+        since): then nothing younger is opened, so the order of generations stays right, and
+        the caller lists again."""
+        deferred: set[tuple[int, int]] = set()
+        open_keys = {generation.key for generation in self._pending}
+        for queued in self._pending:
+            if not queued.identity_final:
+                # Opened young (even empty) and perhaps not read since: know what it holds
+                # before judging whether a newly listed file is its gzip twin.
+                self._refresh_identity(queued)
+        for index, path, key, stat in snapshot:
             if key in open_keys:
                 self._renamed(key, path)
-            elif self._ignored.get(key) != (stat.st_size, stat.st_mtime_ns):
-                generation = self._open(path, index, start_at_end=start_at_end)
-                if generation is None:
-                    self._ignored[key] = (stat.st_size, stat.st_mtime_ns)
-                else:
-                    self._ignored.pop(key, None)
-                    self._pending.append(generation)
-                    open_keys.add(key)
-        for key in self._ignored.keys() - present:
-            del self._ignored[key]
-        self._collect_garbage(present)
-        self._account_pinned()
+                continue
+            signature = (stat.st_size, stat.st_mtime_ns)
+            ignored = self._ignored.get(key)
+            if ignored is not None and ignored[0] == signature:
+                continue
+            generation = self._open(path, index, key, start_at_end=start_at_end)
+            if generation is _MOVED:
+                return None
+            if generation is _LATER:
+                deferred.add(key)
+            elif isinstance(generation, _Done):
+                self._ignored[key] = (signature, generation.entry)
+            elif isinstance(generation, _Generation):
+                self._insert(generation)
+                open_keys.add(key)
+        return deferred
+
+    def _insert(self, generation: _Generation) -> None:
+        """Queue a generation by age. Almost always it is the youngest; but a file first seen
+        after younger ones (Docker renamed it past a listing) goes before every queued file
+        whose first entry is later. The one being read stays first: it is half read."""
+        pending = self._pending
+        position = len(pending)
+        if generation.first_time:
+            while (
+                position > 1
+                and pending[position - 1].first_time
+                and pending[position - 1].first_time > generation.first_time
+            ):
+                position -= 1
+        pending.insert(position, generation)
 
     def _generations(self, names: list[str]) -> list[tuple[int, str]]:
         """This container's log files, oldest first, as (rotation index, path); 0 is current.
@@ -197,29 +297,38 @@ class ContainerFollower:
             if generation.key == key:
                 generation.path = path
 
-    def _open(self, path: str, index: int, *, start_at_end: bool) -> _Generation | None:
-        """Open a newly listed file; None if there is nothing to read in it."""
+    def _open(  # noqa: PLR0911 - each way out is one reason a listed file is not read now
+        self, path: str, index: int, key: tuple[int, int], *, start_at_end: bool
+    ) -> _Generation | _Later | _Done:
+        """Open a newly listed file: a generation to read, _Done if there is nothing to read
+        in it (remembered while it is unchanged), _LATER to look again at the next listing, or
+        _MOVED if the name no longer holds the file listed."""
         try:
             reader = open_log(path)
         except FileNotFoundError:
-            if index > 0 and not os.path.exists(path + ".gz"):
-                log.warning("Rotated log file vanished before it was opened.", extra={"path": path})
-            return None
+            return _MOVED
         except OSError as exc:
-            log.error(
-                "Cannot open log file.", extra={"path": path, "error": exc.strerror or str(exc)}
-            )
-            return None
+            self._report(path, "Cannot open log file; will try again.", exc)
+            return _LATER
+        stat = reader.stat()
+        if (stat.st_dev, stat.st_ino) != key:
+            reader.close()
+            return _MOVED
+        if reader.compressed and os.path.exists(path[: -len(".gz")]):
+            # Names are reused fast: since the listing, this name may have become a newer
+            # `.N.gz` that Docker is still writing (its plain twin is there until it is done).
+            reader.close()
+            return _LATER
         try:
             generation = self._position(reader, path, index, start_at_end=start_at_end)
         except OSError as exc:
-            log.error(
-                "Cannot read log file.", extra={"path": path, "error": exc.strerror or str(exc)}
-            )
-            generation = None
-        if generation is None:
             reader.close()
-            return None
+            self._report(path, "Cannot read log file; will try again.", exc)
+            return _LATER
+        if isinstance(generation, _Done):
+            reader.close()
+            return generation
+        self._reported.discard(path)
         self._telemetry.inc("shipper_files_opened_total", source=self.source)
         self._pipeline.tracker.track(
             generation.file.handle,
@@ -232,22 +341,36 @@ class ContainerFollower:
         )
         return generation
 
+    def _report(self, path: str, message: str, exc: OSError) -> None:
+        if path not in self._reported:  # once per path, not at every listing
+            self._reported.add(path)
+            log.error(message, extra={"path": path, "error": exc.strerror or str(exc)})
+
     def _position(
         self, reader: LogReader, path: str, index: int, *, start_at_end: bool
-    ) -> _Generation | None:
+    ) -> _Generation | _Done:
         head = reader.head()
         stat = reader.stat()
         if not head and index > 0:
-            return None  # an empty rotated file: nothing will ever come
-        if head and self._same_content_as_open(head):
-            return None  # the gzip twin of a file we hold open
+            return _Done(None)  # an empty rotated file: nothing will ever come
         content_size = reader.content_size()
+        line = reader.first_line() if head else None
+        file_id = stable_id(line) if line is not None else ""
+        twin = self._twin_of_open(file_id, content_size) if file_id else None
+        if twin is not None:  # the gzip twin of a file we hold open: the same checkpoint
+            return _Done(twin.entry.key if twin.entry is not None else None)
         offset = 0
         known = None
         if head:
             known = self._store.find(
-                prefix_fingerprints(head), path=path, device=stat.st_dev, inode=stat.st_ino
+                prefix_fingerprints(head),
+                path=path,
+                device=stat.st_dev,
+                inode=stat.st_ino,
+                size=content_size if index > 0 else None,
             )
+        if known is not None and known.key in self._busy_keys():
+            return _Done(known.key)  # the same content as a file open now: a gzip twin
         if known is not None:
             offset = known.offset
             if offset > content_size and not reader.compressed and index == 0:
@@ -257,7 +380,7 @@ class ContainerFollower:
                 # Read before (a restart, or the gzip twin of a finished file): let its
                 # checkpoint follow it to this name, so it is not taken for a new file.
                 self._store.set(_moved(known, path, stat))
-                return None
+                return _Done(known.key)
         elif start_at_end:
             # History before the very first start: rotated files are skipped, the current
             # file starts after its last whole line. Their checkpoints record that, so a
@@ -269,10 +392,12 @@ class ContainerFollower:
             container_id=self.container_id,
             path=path,
             handle=handle,
-            fingerprint=stable_id(head) if b"\n" in head else "",
+            fingerprint=file_id,
         )
         generation = _Generation(reader, path, file, offset)
         generation.size = max(offset, content_size)
+        generation.identity_final = bool(file_id) and _final(head)
+        generation.first_time = _entry_time(line)
         if head:
             entry = FileCheckpoint(
                 fingerprint=fingerprint(head),
@@ -290,17 +415,31 @@ class ContainerFollower:
             else:
                 self._store.set(entry)
             generation.entry = entry
-        if start_at_end and index > 0:
-            return None  # recorded as read; nothing to follow
+        if start_at_end and index > 0 and generation.entry is not None:
+            return _Done(generation.entry.key)  # recorded as read; nothing to follow
         return generation
 
-    def _same_content_as_open(self, head: bytes) -> bool:
-        of = prefix_fingerprints(head)
-        for generation in itertools.chain(self._pending, self._unsettled.values()):
-            entry = generation.entry
-            if entry is not None and of(entry.head_len) == entry.fingerprint:
-                return True
-        return False
+    def _twin_of_open(self, file_id: str, content_size: int) -> _Generation | None:
+        """The generation open (or not yet settled) with this first line and size: a file
+        listed under another name with the same content is its gzip twin."""
+        for generation in self._pending:
+            if (
+                generation.file.fingerprint == file_id
+                and generation.reader.content_size() == content_size
+            ):
+                return generation
+        for generation in self._unsettled.values():
+            if generation.file.fingerprint == file_id and generation.size == content_size:
+                return generation
+        return None
+
+    def _busy_keys(self) -> set[CheckpointKey]:
+        """Checkpoint keys of the generations open or not yet settled: theirs to update."""
+        return {
+            generation.entry.key
+            for generation in itertools.chain(self._pending, self._unsettled.values())
+            if generation.entry is not None
+        }
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -355,7 +494,7 @@ class ContainerFollower:
             size = min(size * 4, limit)  # one line longer than a read: widen until it fits
 
     async def _emit(self, generation: _Generation, data: bytes) -> None:
-        if generation.entry is None or generation.entry.head_len < HEAD_BYTES:
+        if not generation.identity_final:
             self._refresh_identity(generation)
         chunk = Chunk(generation.file, generation.offset, data)
         generation.offset += len(data)
@@ -372,13 +511,18 @@ class ContainerFollower:
         )
 
     def _refresh_identity(self, generation: _Generation) -> None:
-        """A short file grew: its fingerprint now covers more bytes (a growing prefix)."""
-        head = generation.reader.head()
+        """A young file grew: its fingerprint covers more bytes now (a growing prefix), and its
+        first line may be complete."""
+        reader = generation.reader
+        head = reader.head()
+        if not generation.file.fingerprint:
+            line = reader.first_line()
+            if line is not None:
+                generation.file = _with_fingerprint(generation.file, stable_id(line))
+        generation.identity_final = bool(generation.file.fingerprint) and _final(head)
         entry = generation.entry
         if entry is not None and len(head) <= entry.head_len:
             return
-        if not generation.file.fingerprint and b"\n" in head:
-            generation.file = _with_fingerprint(generation.file, stable_id(head))
         new = FileCheckpoint(
             fingerprint=fingerprint(head),
             head_len=len(head),
@@ -406,9 +550,9 @@ class ContainerFollower:
             self._unsettled.pop(generation.file.handle, None)
 
     def _superseded(self, generation: _Generation) -> bool:
-        """Whether Docker is done writing this file: a newer generation exists, or its name is
-        no longer the current log (rotated, or the container removed)."""
-        if generation.released or len(self._pending) > 1:
+        """Whether Docker is done writing this file: the current log name no longer holds it
+        (rotated, or the container removed). Docker closes a file before renaming it."""
+        if generation.released:
             return True
         try:
             stat = os.stat(self.current_path)
@@ -440,7 +584,7 @@ class ContainerFollower:
             if entry is None or size < entry.head_len:
                 replaced = size < generation.offset
             else:
-                head = generation.reader.read(0, entry.head_len)
+                head = generation.reader.head()[: entry.head_len]
                 replaced = fingerprint(head) != entry.fingerprint
             if not replaced:
                 generation.size = max(generation.size, size)
@@ -522,17 +666,19 @@ class ContainerFollower:
             generation.reader.close()
             self._unsettled[generation.file.handle] = generation
 
-    def _collect_garbage(self, present: set[tuple[int, int]]) -> None:
+    def _collect_garbage(self, deferred: set[tuple[int, int]]) -> None:
         """Checkpoints of this container's files that exist no more: gone, and counted as lost
-        where they were not read to the end."""
-        busy = {g.entry.key for g in self._pending if g.entry is not None}
-        busy |= {g.entry.key for g in self._unsettled.values() if g.entry is not None}
+        where they were not read to the end. A file is known by its content, not its inode
+        (Docker's next file often gets the inode number of the one it deleted): a checkpoint
+        lives while a generation holds it or a listed file was matched to it."""
+        referenced = self._busy_keys()
+        referenced.update(entry for _, entry in self._ignored.values() if entry is not None)
         for entry in self._store.entries():
             if (
                 entry.source != self.source
                 or os.path.dirname(entry.path) != self.directory
-                or entry.key in busy
-                or (entry.device, entry.inode) in present
+                or entry.key in referenced
+                or (entry.device, entry.inode) in deferred
             ):
                 continue
             if entry.size > entry.offset:
@@ -552,6 +698,24 @@ class ContainerFollower:
             "Log file was truncated; reading it again from the start.",
             extra={"path": path, "offset": offset, "size": size},
         )
+
+
+def _entry_time(line: bytes | None) -> str:
+    """The normalized `time` of a json-file entry, or "" if it has none."""
+    if line is None:
+        return ""
+    try:
+        when = orjson.loads(line).get("time")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return (normalize_time(when) if isinstance(when, str) else None) or ""
+
+
+def _final(identity: bytes) -> bool:
+    """Whether these identity bytes are all there will ever be (shipper.sources.identity)."""
+    return len(identity) == IDENTITY_BYTES or (
+        len(identity) >= HEAD_BYTES and b"\n" in identity[:HEAD_BYTES]
+    )
 
 
 def _with_fingerprint(file: LogFile, fingerprint_: str) -> LogFile:

@@ -1,0 +1,255 @@
+"""Reading through everything Docker's rotation does: fast renames, gzip, deletion under stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import random
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shipper.app import App
+from shipper.checkpoints import CheckpointStore
+from shipper.config import FileOutputConfig, OutputConfig
+from shipper.docker_writer import SEQ_PATTERN, ContainerLog, DockerRootWriter, realistic_lines
+from shipper.sinks import Sink
+from shipper.sinks.file import FileSink
+from tests.helpers import make_config, wait_until
+from tests.scenarios.test_delivery import GatedFileSink, Seqs, delivered, shipped, start
+
+LONG_EVERY = 97  # every so many lines is longer than 16 KiB: Docker splits it into parts
+
+
+def long_message(seq: int, size: int) -> str:
+    return f"seq={seq:06d} long " + "x" * size
+
+
+def write_numbered(
+    log: ContainerLog, count: int, expected: Seqs, *, seed: int, long_lines: bool = True
+) -> None:
+    """Realistic lines, numbered per container; with `long_lines`, some over 16 KiB."""
+    rng = random.Random(seed)
+    for stream, line in realistic_lines(rng, count, container=log.name):
+        seq = int(SEQ_PATTERN.search(line)[1])
+        long = long_lines and seq % LONG_EVERY == 0
+        log.write(long_message(seq, rng.randrange(17_000, 60_000)) if long else line, stream=stream)
+        expected[(log.id, stream)].append(seq)
+
+
+@pytest.mark.timeout(120)
+async def test_lines_written_while_rotating_fast_arrive_once_in_order(tmp_path: Path) -> None:
+    """Three containers log flat out with a tiny max-size and gzip; every line arrives once,
+    in order within its stream, long lines rejoined, across renames and compression."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    logs = [
+        writer.add_container(f"fast-{n}", max_size=48 * 1024, max_file=200, compress=n != 1)
+        for n in range(3)
+    ]
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    expected: Seqs = defaultdict(list)
+    threads = [
+        threading.Thread(target=write_numbered, args=(log, 4000, expected), kwargs={"seed": n})
+        for n, log in enumerate(logs)
+    ]
+    for thread in threads:
+        thread.start()
+    await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+    total = sum(len(seqs) for seqs in expected.values())
+    assert all(len(log.generations()) > 10 for log in logs)  # it did rotate, a lot
+    await wait_until(lambda: delivered(app) >= total, timeout=60, what="every line")
+    stop.set()
+    await task
+    writer.close()
+    by_stream, documents = shipped(tmp_path / "out.ndjson")
+    assert len(documents) == total
+    assert dict(by_stream) == dict(expected)
+    longs = [d for d in documents if " long " in d["message"]]
+    assert longs
+    assert all(len(d["message"]) > 17_000 and "flags" not in d["log"] for d in longs)
+    assert app.telemetry.value("shipper_bytes_lost_total") == 0
+
+
+async def test_a_checkpoint_on_dot_1_resumes_at_the_same_offset_inside_its_gz(
+    tmp_path: Path,
+) -> None:
+    writer = DockerRootWriter(tmp_path / "containers", compression="manual")
+    log = writer.add_container("zipped", max_size=8 * 1024, max_file=3, compress=True)
+    written = 0
+    for stream, message in realistic_lines(random.Random(1), 1000, container="zipped"):
+        if len(log.generations()) == 2 and os.path.getsize(log.log_path) > 0:
+            break  # `.1` (not compressed yet) and a current file with lines
+        log.write(message, stream=stream)
+        written += 1
+    first = log.generations()[0]
+    assert first.name.endswith(".1")
+    content = first.read_bytes()
+    lines_in_first = content.count(b"\n")
+    # A previous run shipped the first ten lines of `.1` and checkpointed there.
+    cut = sum(len(line) for line in content.splitlines(keepends=True)[:10])
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= written, what="everything once")
+    stop.set()
+    await task
+    entry = next(e for e in app.store.entries() if e.path.endswith(".1"))
+    os.remove(tmp_path / "out.ndjson")
+    store = CheckpointStore(app.config.checkpoint_path, on_corrupt="fail")
+    store.load()
+    store.update_offset(entry.key, cut)
+    store.flush()
+
+    log.compress_pending()  # now `.1.gz` holds the generation and `.1` is gone
+    assert not first.exists()
+    assert gzip.decompress(Path(f"{first}.gz").read_bytes()) == content
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    rest = lines_in_first - 10
+    await wait_until(lambda: delivered(app) >= rest, what="the rest of .1, from the .gz")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    offsets = [d["log"]["offset"] for d in documents]
+    assert len(documents) == rest  # exactly the lines after the checkpoint: none again, none lost
+    assert offsets[0] == cut
+    assert all(d["log"]["file"]["path"].endswith(".1.gz") for d in documents)
+
+
+async def test_a_gz_is_not_read_while_its_plain_twin_exists(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path / "containers", compression="manual")
+    log = writer.add_container("zipping", max_size=8 * 1024, max_file=3, compress=True)
+    expected: Seqs = defaultdict(list)
+    write_numbered(log, 30, expected, seed=2, long_lines=False)
+    log.compress_pending(partial=True)  # `.1` and an incomplete `.1.gz` side by side
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 30, what="everything once")
+    log.compress_pending()  # the gzip completes and `.1` goes while shipper runs
+    more: Seqs = defaultdict(list)
+    write_numbered(log, 30, more, seed=3, long_lines=False)
+    await wait_until(lambda: delivered(app) >= 60, what="the later lines")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert len(documents) == 60  # the .gz twin was not read again
+    assert app.telemetry.value("shipper_invalid_lines_total") == 0
+
+
+def gated_sinks(gate: asyncio.Event) -> dict[str, object]:
+    def gated(config: OutputConfig) -> Sink:
+        assert isinstance(config, FileOutputConfig)
+        return GatedFileSink(FileSink(config.path, fsync=False), gate)
+
+    return {"file": gated}
+
+
+@pytest.mark.parametrize("cap", [None, 40 * 1024])
+async def test_output_stalled_while_docker_rotates_and_deletes(
+    tmp_path: Path, cap: int | None
+) -> None:
+    """Without a cap nothing is lost while the files existed: deleted generations stay open
+    and are drained. With a cap, exactly the bytes given up are counted as lost."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("busy", max_size=16 * 1024, max_file=2)
+    gate = asyncio.Event()
+    extra = "" if cap is None else f"    max_pinned_bytes: {cap}"
+    app = App(
+        make_config(
+            tmp_path,
+            extra_source=f"    read_chunk_size: 16KiB\n{extra}",
+            extra="pipeline:\n  max_buffered_bytes: 1MiB",
+        ),
+        sinks=gated_sinks(gate),  # type: ignore[arg-type]
+    )
+    stop, task = await start(app)
+    entry_bytes: dict[int, int] = {}
+    # More than the 1 MiB memory budget: reading must stop with generations still unread.
+    lines = realistic_lines(random.Random(7), 6000, container="busy")
+    for stream, message in lines:
+        before = os.path.getsize(log.log_path)
+        log.write(message, stream=stream)
+        after = os.path.getsize(log.log_path)
+        rotated = after <= before
+        entry_bytes[int(SEQ_PATTERN.search(message)[1])] = after if rotated else after - before
+        if rotated:  # let shipper see each new generation before Docker deletes anything more
+            opened = app.telemetry.value("shipper_files_opened_total")
+            await wait_until(
+                lambda n=opened: app.telemetry.value("shipper_files_opened_total") > n,
+                what="the new generation to be opened",
+            )
+    assert delivered(app) == 0  # the output is still stalled
+    assert sum(entry_bytes.values()) > 1024 * 1024
+    if cap is None:  # Docker deleted unread files: they stay open, pinning their disk space
+        await wait_until(
+            lambda: app.telemetry.value("shipper_pinned_bytes", source="docker") > 64 * 1024,
+            what="deleted files held open",
+        )
+    gate.set()
+    last = max(entry_bytes)  # in the current file: never deleted, and read after all others
+    await wait_until(
+        lambda: last in shipped_seqs(tmp_path) and app.budget.used == 0,
+        what="everything still readable delivered",
+    )
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    seqs = shipped_seqs(tmp_path)
+    missing = set(entry_bytes) - seqs
+    assert len(documents) == len(seqs)  # no duplicates
+    lost = app.telemetry.value("shipper_bytes_lost_total")
+    if cap is None:
+        assert missing == set()
+        assert lost == 0
+    else:
+        assert missing  # the cap did give something up...
+        assert lost == sum(entry_bytes[seq] for seq in missing)  # ...and counted exactly that
+
+
+def shipped_seqs(tmp: Path) -> set[int]:
+    _, documents = shipped(tmp / "out.ndjson")
+    return {int(SEQ_PATTERN.search(d["message"])[1]) for d in documents}
+
+
+async def test_a_file_deleted_while_shipper_was_down_is_a_counted_loss(tmp_path: Path) -> None:
+    """Shipper stops with unshipped generations; Docker deletes one meanwhile: exactly its
+    bytes are counted as lost at the next start, and everything still on disk is shipped."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("gone", max_size=8 * 1024, max_file=3)
+    expected: Seqs = defaultdict(list)
+    lines = realistic_lines(random.Random(4), 10_000, container="gone")
+    while len(log.generations()) < 3:
+        stream, message = next(lines)
+        log.write(message, stream=stream)
+    gate = asyncio.Event()  # the output is down for the whole first run
+    config = make_config(tmp_path, extra="pipeline:\n  shutdown_timeout: 100ms")
+    app = App(config, sinks=gated_sinks(gate))  # type: ignore[arg-type]
+    stop, task = await start(app)
+    await wait_until(lambda: app.telemetry.value("shipper_files_opened_total") >= 3, what="open")
+    stop.set()
+    await task
+    oldest = log.generations()[0]
+    doomed = oldest.stat().st_size
+    first_line = oldest.read_bytes().split(b"\n", 1)[0]
+    # Docker deletes the oldest file (its inode number may well be reused: compare content).
+    while first_line in {p.read_bytes().split(b"\n", 1)[0] for p in log.generations()}:
+        stream, message = next(lines)
+        log.write(message, stream=stream)
+
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    last = int(SEQ_PATTERN.search(message)[1])
+    await wait_until(lambda: last in shipped_seqs(tmp_path), what="the lines still on disk")
+    stop.set()
+    await task
+    assert (
+        app.telemetry.value("shipper_bytes_lost_total", source="docker", reason="deleted_unread")
+        == doomed
+    )
+    lost_seq = int(SEQ_PATTERN.search(orjson.loads(first_line)["log"])[1])
+    assert lost_seq not in shipped_seqs(tmp_path)
+    assert expected == {}
