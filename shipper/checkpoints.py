@@ -36,7 +36,7 @@ the first KiB, plus the end of a first line longer than that)."""
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("fingerprint", "head_len", "path", "device", "inode", "offset", "source", "updated_at")
-_OPTIONAL_FIELDS = ("size",)
+_OPTIONAL_FIELDS = ("size", "open_partials")
 
 
 class CheckpointKey(NamedTuple):
@@ -64,6 +64,10 @@ class FileCheckpoint:
     # Bytes of content (uncompressed) known to exist when last read: if the file is gone at the
     # next start, `size - offset` is what was lost with it, counted rather than silent.
     size: int = 0
+    # Streams whose line split by Docker at 16 KiB has its first part in this file, beyond
+    # `offset`: if the file is gone at the next start, the next file begins with the rest of
+    # those lines, whose head is lost (shipped flagged `partial_head_lost`).
+    open_partials: tuple[str, ...] = ()
 
     @property
     def key(self) -> CheckpointKey:
@@ -89,6 +93,13 @@ def _require_str(entry: dict[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise _InvalidError(f"{name} must be a string, got {type(value).__name__} {value!r}")
     return value
+
+
+def _require_streams(entry: dict[str, Any]) -> tuple[str, ...]:
+    value = entry["open_partials"]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise _InvalidError(f"open_partials must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def _parse_entry(raw: object) -> FileCheckpoint:
@@ -118,6 +129,7 @@ def _parse_entry(raw: object) -> FileCheckpoint:
         source=_require_str(raw, "source"),
         updated_at=float(updated_at),
         size=_require_int(raw, "size", minimum=0) if "size" in raw else 0,
+        open_partials=_require_streams(raw) if "open_partials" in raw else (),
     )
     _check_identity(cp)
     return cp
@@ -360,6 +372,7 @@ class CheckpointStore:
         *,
         path: str | None = None,
         size: int | None = None,
+        open_partials: tuple[str, ...] | None = None,
     ) -> FileCheckpoint:
         """Record the new offset (and last path and size seen) of an existing entry; KeyError if
         unknown.
@@ -372,11 +385,22 @@ class CheckpointStore:
             raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
         new_path = current.path if path is None else path
         new_size = current.size if size is None else size
-        if offset == current.offset and new_path == current.path and new_size == current.size:
+        partials = current.open_partials if open_partials is None else open_partials
+        if (offset, new_path, new_size, partials) == (
+            current.offset,
+            current.path,
+            current.size,
+            current.open_partials,
+        ):
             return current
         updated_at = self._clock() if offset != current.offset else current.updated_at
         cp = dataclasses.replace(
-            current, offset=offset, path=new_path, updated_at=updated_at, size=new_size
+            current,
+            offset=offset,
+            path=new_path,
+            updated_at=updated_at,
+            size=new_size,
+            open_partials=partials,
         )
         self._entries[key] = cp
         self._dirty = True

@@ -499,7 +499,28 @@ class ContainerFollower:
         chunk = Chunk(generation.file, generation.offset, data)
         generation.offset += len(data)
         generation.size = max(generation.size, generation.offset)
+        if self._joiner.head_lost and chunk.start > 0:
+            # The headless rest of a split line is at the start of a file; reading resumes
+            # past that start, so that rest was shipped before.
+            self._joiner.head_lost.clear()
         await self._pipeline.ingest(chunk, self._decode)
+        self._record_open_partials(generation)
+
+    def _record_open_partials(self, generation: _Generation) -> None:
+        """Note in the file's checkpoint the streams whose last line read so far is the first
+        part of a line Docker split (it goes on in the next file): if this file is gone at the
+        next start, the rest of those lines ships flagged `partial_head_lost`."""
+        entry = generation.entry
+        if entry is None:
+            return
+        handle = generation.file.handle
+        streams = tuple(
+            sorted(s for s, p in self._joiner.pending.items() if p.file.handle == handle)
+        )
+        if streams != entry.open_partials:
+            generation.entry = self._store.update_offset(
+                entry.key, entry.offset, open_partials=streams
+            )
 
     def _decode(self, chunk: Chunk, hold: Hold) -> RecordGroup:
         return decode_chunk(
@@ -515,6 +536,8 @@ class ContainerFollower:
         first line may be complete."""
         reader = generation.reader
         head = reader.head()
+        if not head:
+            return  # still empty: nothing to know yet
         if not generation.file.fingerprint:
             line = reader.first_line()
             if line is not None:
@@ -683,6 +706,9 @@ class ContainerFollower:
                 continue
             if entry.size > entry.offset:
                 self._lost(entry.path, entry.size - entry.offset, "deleted_unread")
+                # Lines split by Docker whose first part went with the file: their rest, at
+                # the start of the next file, ships flagged `partial_head_lost`.
+                self._joiner.head_lost.update(entry.open_partials)
             self._store.remove(entry.key)
 
     def _lost(self, path: str, count: int, reason: str) -> None:

@@ -277,3 +277,26 @@ async def test_a_watch_that_dies_falls_back_to_rescans_with_a_warning(
     await wait_until(lambda: delivered(app) >= 10, timeout=10, what="lines in the new root")
     stop.set()
     await task
+
+
+async def test_a_container_whose_log_is_still_empty_is_followed(tmp_path: Path) -> None:
+    """dockerd creates the log file before the container writes anything."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("quiet")
+    app = App(make_config(tmp_path, extra_source="    rescan_interval: 100ms"))
+    stop, task = await start(app)
+    await wait_until(
+        lambda: app.telemetry.value("shipper_files_opened_total") >= 1, what="the empty file"
+    )
+    for _ in range(3):  # several listings of the empty file
+        opened_scans = app.telemetry.value("shipper_discovery_scans_total")
+        await wait_until(
+            lambda n=opened_scans: app.telemetry.value("shipper_discovery_scans_total") > n,
+            what="another scan",
+        )
+    log.write("finally something")
+    await wait_until(lambda: delivered(app) >= 1, what="the first line")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert [d["message"] for d in documents] == ["finally something"]

@@ -78,8 +78,11 @@ checkpoints:
 
 
 def output_lines(tmp: Path) -> list[bytes]:
+    """The complete lines of the output: one may be half written by a running shipper, or
+    torn by a kill (the next start cuts it)."""
     path = tmp / "out.ndjson"
-    return path.read_bytes().splitlines() if path.exists() else []
+    data = path.read_bytes() if path.exists() else b""
+    return data[: data.rfind(b"\n") + 1].splitlines()
 
 
 def checkpoints(tmp: Path) -> dict[str, int]:

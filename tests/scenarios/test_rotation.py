@@ -253,3 +253,45 @@ async def test_a_file_deleted_while_shipper_was_down_is_a_counted_loss(tmp_path:
     lost_seq = int(SEQ_PATTERN.search(orjson.loads(first_line)["log"])[1])
     assert lost_seq not in shipped_seqs(tmp_path)
     assert expected == {}
+
+
+async def test_the_rest_of_a_split_line_whose_head_was_deleted_is_flagged(tmp_path: Path) -> None:
+    """Docker split a long line across a rotation; shipper stopped before shipping it, and
+    Docker deleted the file with its first part meanwhile: the rest still ships, flagged."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("splitter", max_size=16 * 1024, max_file=2)
+    while os.path.getsize(log.log_path) < 12 * 1024:
+        log.write("short line before the long one")
+    log.write("HEAD" + "y" * 40_000 + "TAIL")  # part 1 ends this file, the rest opens the next
+    assert len(log.generations()) == 2
+    gate = asyncio.Event()  # the output is down: nothing settles in the first run
+    config = make_config(tmp_path, extra="pipeline:\n  shutdown_timeout: 100ms")
+    app = App(config, sinks=gated_sinks(gate))  # type: ignore[arg-type]
+    stop, task = await start(app)
+    await wait_until(lambda: app.telemetry.value("shipper_lines_read_total") > 0, what="reading")
+    await wait_until(
+        lambda: any(e.open_partials == ("stdout",) for e in app.store.entries()),
+        what="the split line noted in the first file's checkpoint",
+    )
+    stop.set()
+    await task
+    head_file = log.generations()[0].read_bytes().split(b"\n", 1)[0]
+    while head_file in {p.read_bytes().split(b"\n", 1)[0] for p in log.generations()}:
+        log.write("filler after the long line")  # until Docker deletes the head's file
+    log.write("last line")
+
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(
+        lambda: any(d["message"] == "last line" for d in shipped(tmp_path / "out.ndjson")[1]),
+        what="the lines still on disk",
+    )
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    [rest] = [d for d in documents if d["message"].endswith("TAIL")]
+    assert not rest["message"].startswith("HEAD")  # the first 16 KiB went with the file
+    assert rest["log"]["flags"] == ["partial_head_lost"]
+    assert all("flags" not in d["log"] for d in documents if d is not rest)
+    lost = app.telemetry.value("shipper_bytes_lost_total", source="docker", reason="deleted_unread")
+    assert lost > 0
