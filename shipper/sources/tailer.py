@@ -93,6 +93,7 @@ class _Generation:
         "inode",
         "offset",
         "path",
+        "prefix",
         "reader",
         "released",
         "size",
@@ -111,6 +112,7 @@ class _Generation:
         self.finished = False  # drained: no more ranges will come
         self.identity_final = False  # fingerprint and first line can no longer grow
         self.first_time = ""  # `time` of its first entry: its age among the container's files
+        self.prefix = b""  # its first bytes (up to HEAD_BYTES), to notice a truncation
         self.released = False  # closed before it was drained (a cap): stop reading it
 
     @property
@@ -398,6 +400,7 @@ class ContainerFollower:
         generation.size = max(offset, content_size)
         generation.identity_final = bool(file_id) and _final(head)
         generation.first_time = _entry_time(line)
+        generation.prefix = head[:HEAD_BYTES]
         if head:
             entry = FileCheckpoint(
                 fingerprint=fingerprint(head),
@@ -461,6 +464,9 @@ class ContainerFollower:
                         extra={"path": generation.path, "error": exc.strerror or str(exc)},
                     )
                     await self._pause()
+                    continue
+                if data and self._rewritten(generation):
+                    self._restart(generation, generation.reader.content_size())
                     continue
                 cut = data.rfind(b"\n")
                 if cut >= 0 or len(data) >= self._settings.max_line_bytes:
@@ -543,6 +549,7 @@ class ContainerFollower:
             if line is not None:
                 generation.file = _with_fingerprint(generation.file, stable_id(line))
         generation.identity_final = bool(generation.file.fingerprint) and _final(head)
+        generation.prefix = head[:HEAD_BYTES]
         entry = generation.entry
         if entry is not None and len(head) <= entry.head_len:
             return
@@ -598,20 +605,29 @@ class ContainerFollower:
         if tracker.unsettled(handle) == 0:
             self._settled(generation, tracker.settled_offset(handle))
 
+    def _rewritten(self, generation: _Generation) -> bool:
+        """Whether the file's first bytes changed: truncated in place and written again (it
+        may already be longer than our offset). Checked after each read, so bytes read are
+        known to be of the content read so far; a compressed file never changes."""
+        prefix = generation.prefix
+        if not prefix or generation.reader.compressed:
+            return False
+        return generation.reader.read(0, len(prefix)) != prefix
+
     def _truncated(self, generation: _Generation) -> bool:
         """The current file was truncated in place (Docker 20.10 with max-file=1): read it again
         from the start as new content."""
         size = generation.reader.content_size()
+        if size >= generation.offset and not self._rewritten(generation):
+            generation.size = max(generation.size, size)
+            return False
+        self._restart(generation, size)
+        return True
+
+    def _restart(self, generation: _Generation, size: int) -> None:
+        """Read a truncated file again from the start, as a new file: what was not read of the
+        old content is counted as lost."""
         entry = generation.entry
-        if size >= generation.offset:
-            if entry is None or size < entry.head_len:
-                replaced = size < generation.offset
-            else:
-                head = generation.reader.head()[: entry.head_len]
-                replaced = fingerprint(head) != entry.fingerprint
-            if not replaced:
-                generation.size = max(generation.size, size)
-                return False
         self._count_truncation(generation.path, generation.offset, size)
         lost = generation.size - generation.offset
         if lost > 0:
@@ -620,6 +636,8 @@ class ContainerFollower:
             self._store.remove(entry.key)
         generation.entry = None
         generation.offset = generation.size = 0
+        generation.prefix = b""
+        generation.identity_final = False
         # New content, so a new lane: ranges of the old content may still settle, but can no
         # longer move this file's checkpoint.
         self._pipeline.tracker.forget(generation.file.handle)
@@ -632,7 +650,6 @@ class ContainerFollower:
         self._pipeline.tracker.track(
             generation.file.handle, 0, functools.partial(self._settled, generation)
         )
-        return True
 
     async def _idle(self) -> None:
         """Nothing to read: ship partial lines that waited long enough, wait, look again."""

@@ -295,3 +295,38 @@ async def test_the_rest_of_a_split_line_whose_head_was_deleted_is_flagged(tmp_pa
     assert all("flags" not in d["log"] for d in documents if d is not rest)
     lost = app.telemetry.value("shipper_bytes_lost_total", source="docker", reason="deleted_unread")
     assert lost > 0
+
+
+@pytest.mark.parametrize("refill", [False, True])
+async def test_a_file_truncated_in_place_is_read_again_from_the_start(
+    tmp_path: Path, refill: bool
+) -> None:
+    """Docker 20.10 with max-file=1 truncates the log in place. Whether shipper looks while it
+    is shorter than before or only once it has grown past the old offset, the new content is
+    read from its start, the truncation counted, and nothing is shipped twice."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("truncating")
+    expected: Seqs = defaultdict(list)
+    write_numbered(log, 50, expected, seed=1, long_lines=False)
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 50, what="the first lines")
+    old_size = log.log_path.stat().st_size
+    lines = realistic_lines(random.Random(2), 10_000, container="truncating", start_seq=1000)
+    with log.log_path.open("r+b") as raw:
+        raw.truncate(0)  # what dockerd does, then it writes on from offset 0
+    written = 0
+    while not refill or log.log_path.stat().st_size <= old_size:
+        stream, message = next(lines)
+        log.write(message, stream=stream)
+        expected[(log.id, stream)].append(int(SEQ_PATTERN.search(message)[1]))
+        written += 1
+        if not refill and written == 20:
+            break
+    await wait_until(lambda: delivered(app) >= 50 + written, what="the new content")
+    stop.set()
+    await task
+    by_stream, documents = shipped(tmp_path / "out.ndjson")
+    assert len(documents) == 50 + written
+    assert dict(by_stream) == dict(expected)
+    assert app.telemetry.value("shipper_truncations_total", source="docker") == 1
