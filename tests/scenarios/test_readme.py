@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from shipper.docker_writer import DockerRootWriter
+from tests.conftest import NESTED
 from tests.helpers import wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
-NESTED = "SHIPPER_README_TEST_NESTED"
 
 
 def quick_start_commands() -> list[str]:

@@ -41,6 +41,7 @@ def write_numbered(
         expected[(log.id, stream)].append(seq)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_lines_written_while_rotating_fast_arrive_once_in_order(tmp_path: Path) -> None:
     """Three containers log flat out with a tiny max-size and gzip; every line arrives once,
