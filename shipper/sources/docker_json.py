@@ -17,10 +17,8 @@ from shipper.model import Chunk, Hold, RecordGroup
 from shipper.sources.partials import (
     FLAG_INVALID_TIME,
     FLAG_PARTIAL_HEAD_LOST,
-    Partial,
     PartialJoiner,
-    flags_of,
-    joined_text,
+    append_partial,
 )
 
 FLAG_INVALID_JSON = "invalid_json"
@@ -145,7 +143,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
         if joiner is not None and (joiner.pending or joiner.head_lost):
             partial = joiner.finish(stream, message)
             if partial is not None:
-                _add_joined(group, partial, stream)
+                append_partial(group, partial, stream)
                 continue
             if joiner.take_head_lost(stream):
                 group.flags[index] = (FLAG_PARTIAL_HEAD_LOST,)
@@ -163,22 +161,3 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
         if attrs and type(attrs) is dict:
             group.attrs[index] = {str(k): str(v) for k, v in attrs.items()}
     return group
-
-
-def _add_joined(group: RecordGroup, partial: Partial, stream: str) -> None:
-    """Append a record rejoined from its parts: it starts where its first part does."""
-    index = len(group.messages)
-    group.messages.append(joined_text(partial))
-    group.streams.append(stream)
-    group.offsets.append(partial.offset)
-    group.timestamps.append(partial.timestamp)
-    flags = flags_of(partial)
-    if flags:
-        group.flags[index] = flags
-    if not partial.time_valid:
-        group.invalid_time += 1
-    if partial.attrs:
-        group.attrs[index] = {str(k): str(v) for k, v in partial.attrs.items()}
-    if partial.file is not group.file:
-        group.heads[index] = partial.file
-    group.held.extend(partial.holds)

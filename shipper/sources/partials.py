@@ -143,21 +143,30 @@ def flags_of(partial: Partial) -> tuple[str, ...]:
     return tuple(flags)
 
 
+def append_partial(group: RecordGroup, partial: Partial, stream: str) -> None:
+    """Append the record rejoined from its parts: it starts where its first part does, and
+    holds the ranges of every part until it settles."""
+    index = len(group.messages)
+    group.messages.append(joined_text(partial))
+    group.streams.append(stream)
+    group.offsets.append(partial.offset)
+    group.timestamps.append(partial.timestamp)
+    flags = flags_of(partial)
+    if flags:
+        group.flags[index] = flags
+    if not partial.time_valid:
+        group.invalid_time += 1
+    if partial.attrs:
+        group.attrs[index] = {str(k): str(v) for k, v in partial.attrs.items()}
+    if partial.file is not group.file:
+        group.heads[index] = partial.file
+    group.held.extend(partial.holds)
+
+
 def group_of(partials: list[tuple[str, Partial]]) -> RecordGroup:
     """The records of partials given up on (timeout, stop), as a group that holds no bytes of
     its own: it settles only the ranges its parts held."""
-    first = partials[0][1]
-    group = RecordGroup(file=first.file, start=0, end=0)
+    group = RecordGroup(file=partials[0][1].file, start=0, end=0)
     for stream, partial in partials:
-        index = len(group.messages)
-        group.messages.append(joined_text(partial))
-        group.streams.append(stream)
-        group.timestamps.append(partial.timestamp)
-        group.offsets.append(partial.offset)
-        flags = flags_of(partial)
-        if flags:
-            group.flags[index] = flags
-        if partial.file is not first.file:
-            group.heads[index] = partial.file
-        group.held.extend(partial.holds)
+        append_partial(group, partial, stream)
     return group
