@@ -7,9 +7,10 @@ import contextlib
 import logging
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 
-from shipper.checkpoints import CheckpointStore
+from shipper.checkpoints import CheckpointStore, FileCheckpoint
 from shipper.config import DockerJsonSourceConfig
 from shipper.pipeline.pipeline import Pipeline
 from shipper.sources.tailer import LOG_SUFFIX, ContainerFollower, TailSettings
@@ -85,7 +86,7 @@ class DockerJsonSource:
                     last_full_scan = time.monotonic()
                 if due or started or not watching or self._rescan.is_set():
                     self.scan(initial=False, collect_garbage=due)
-                self._reconcile_all()
+                self._reconcile_all(collect_garbage=due)
         finally:
             watch.stop()
             tasks = list(self._tasks.values())
@@ -108,13 +109,17 @@ class DockerJsonSource:
             return
         self._root_missing_logged = False
         start_at_end = initial and self._store.first_start and self._config.start_at == "end"
+        by_directory: dict[str, list[FileCheckpoint]] | None = None
         for entry in directories:
             if entry.path in self._tasks:
                 continue
             base = entry.name + LOG_SUFFIX
             with contextlib.suppress(OSError):
                 if any(name.startswith(base) for name in os.listdir(entry.path)):
-                    self._start(entry.path, entry.name, start_at_end=start_at_end)
+                    if by_directory is None:  # once per scan, not per container
+                        by_directory = self._checkpoints_by_directory()
+                    checkpoints = by_directory.get(entry.path, [])
+                    self._start(entry.path, entry.name, checkpoints, start_at_end=start_at_end)
         if start_at_end:
             # `start_at: end` applies only to the very first start: make it durable now, so a
             # crash before the first interval flush does not turn the next start into a first.
@@ -122,7 +127,14 @@ class DockerJsonSource:
         if collect_garbage:
             self._collect_garbage()
 
-    def _start(self, directory: str, container_id: str, *, start_at_end: bool) -> None:
+    def _start(
+        self,
+        directory: str,
+        container_id: str,
+        checkpoints: list[FileCheckpoint],
+        *,
+        start_at_end: bool,
+    ) -> None:
         follower = ContainerFollower(
             source=self.name,
             directory=directory,
@@ -132,7 +144,9 @@ class DockerJsonSource:
             pipeline=self._pipeline,
             telemetry=self._telemetry,
         )
-        follower.reconcile(start_at_end=start_at_end)
+        # The first look also settles what happened while shipper was down: checkpoints of
+        # files gone since are dropped, and what was unread in them counted as lost.
+        follower.reconcile(start_at_end=start_at_end, checkpoints=checkpoints)
         task = asyncio.create_task(follower.run(), name=f"follow:{container_id[:12]}")
         self._followers[directory] = follower
         self._tasks[directory] = task
@@ -148,11 +162,22 @@ class DockerJsonSource:
             )
             self._rescan.set()
 
-    def _reconcile_all(self) -> None:
-        """Let every follower pin new generations, even one stalled by backpressure."""
+    def _checkpoints_by_directory(self) -> dict[str, list[FileCheckpoint]]:
+        by_directory: dict[str, list[FileCheckpoint]] = defaultdict(list)
+        for entry in self._store.entries():
+            if entry.source == self.name:
+                by_directory[os.path.dirname(entry.path)].append(entry)
+        return by_directory
+
+    def _reconcile_all(self, *, collect_garbage: bool) -> None:
+        """Let every follower pin new generations, even one stalled by backpressure; now and
+        then, drop the checkpoints of files that are gone."""
+        by_directory = self._checkpoints_by_directory() if collect_garbage else {}
         pinned = open_files = 0
-        for follower in self._followers.values():
-            follower.reconcile()
+        for directory, follower in self._followers.items():
+            follower.reconcile(
+                checkpoints=by_directory.get(directory, []) if collect_garbage else None
+            )
             pinned += follower.pinned_bytes
             open_files += follower.open_files
         self._telemetry.set("shipper_open_files", open_files, source=self.name)
@@ -163,8 +188,7 @@ class DockerJsonSource:
         directory = os.path.dirname(path)
         follower = self._followers.get(directory)
         if follower is not None:
-            follower.reconcile()
-            follower.wake()
+            follower.hint()
         elif str(self.root) in (path, directory):
             self._rescan.set()
         else:

@@ -63,8 +63,11 @@ class _Done:
 
 
 _MOVED = _Later.MOVED
-# Listings retried while Docker rotates under our feet; each costs a few stat() calls.
+# Listings per look while Docker rotates under our feet; each costs a stat() per file.
 _LISTING_ATTEMPTS = 8
+# Watch events come in bursts (a rotation renames every file): at most one look this often.
+_HINT_SPACING = 0.02
+_DELETED = 1 << 62  # the age of a queued file no longer listed: older than any listed one
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class _Generation:
         "reader",
         "released",
         "size",
+        "start",
+        "superseded",
     )
 
     def __init__(self, reader: LogReader, path: str, file: LogFile, offset: int) -> None:
@@ -114,6 +119,8 @@ class _Generation:
         self.first_time = ""  # `time` of its first entry: its age among the container's files
         self.prefix = b""  # its first bytes (up to HEAD_BYTES), to notice a truncation
         self.released = False  # closed before it was drained (a cap): stop reading it
+        self.superseded = False  # no longer written to: finished at its next end
+        self.start = offset  # where reading began: nothing read yet while offset == start
 
     @property
     def key(self) -> tuple[int, int]:
@@ -153,25 +160,47 @@ class ContainerFollower:
         self._reported: set[str] = set()  # paths whose error was logged
         self._wake = asyncio.Event()
         self._last_reconcile = 0.0
+        self._listing_due = False
         self.gone = False  # the directory is gone: nothing more will come
         self.pinned_bytes = 0  # on-disk bytes of deleted files still open
 
     # -- discovery of generations -------------------------------------------------------------
 
     def wake(self) -> None:
-        """Something changed in the directory: look now rather than at the next poll."""
+        """Look now rather than at the next poll."""
         self._wake.set()
+
+    def hint(self) -> None:
+        """A file of this directory was created, renamed or deleted: list it soon, once for
+        a burst of events (a rotation renames every file), and pin what is new even if the
+        reading task is held up by backpressure."""
+        if not self._listing_due:
+            self._listing_due = True
+            delay = self._last_reconcile + _HINT_SPACING - time.monotonic()
+            asyncio.get_running_loop().call_later(max(0.0, delay), self._listing)
+        self._wake.set()
+
+    def _listing(self) -> None:
+        self._listing_due = False
+        self.reconcile()
 
     @property
     def open_files(self) -> int:
         return len(self._pending)
 
-    def reconcile(self, *, start_at_end: bool = False) -> None:
+    def reconcile(
+        self,
+        *,
+        start_at_end: bool = False,
+        checkpoints: list[FileCheckpoint] | None = None,
+    ) -> None:
         """List the directory; open every generation not seen yet, in age order, so that Docker
-        deleting it later cannot take unread lines; drop checkpoints of files that are gone."""
+        deleting it later cannot take unread lines. Given this directory's `checkpoints`, also
+        drop those of files that are gone (done now and then, not at every look)."""
         self._last_reconcile = time.monotonic()
-        for _ in range(_LISTING_ATTEMPTS):
-            snapshot = self._snapshot()
+        attempts = _LISTING_ATTEMPTS  # shared by every listing below: a bounded cost per call
+        while attempts > 0:
+            snapshot, attempts = self._snapshot(attempts)
             if snapshot is None:
                 break  # Docker kept rotating: what was opened so far is in order; look later
             deferred = self._open_new(snapshot, start_at_end=start_at_end)
@@ -180,11 +209,14 @@ class ContainerFollower:
                 present = {key for _, _, key, _ in snapshot}
                 for key in self._ignored.keys() - present:
                     del self._ignored[key]  # gone: its inode number may be reused
-                self._collect_garbage(deferred)
+                if checkpoints is not None:
+                    self._collect_garbage(checkpoints, deferred)
                 break
         self._account_pinned()
 
-    def _snapshot(self) -> list[tuple[int, str, tuple[int, int], os.stat_result]] | None:
+    def _snapshot(
+        self, attempts: int
+    ) -> tuple[list[tuple[int, str, tuple[int, int], os.stat_result]] | None, int]:
         """The generations oldest first as (index, path, (device, inode), stat), seen without a
         rotation in between; None if that could not be had (or the directory not listed).
 
@@ -193,15 +225,16 @@ class ContainerFollower:
         the same names and the same inodes; otherwise a rotation ran meanwhile: look again.
         """
         previous: list[tuple[int, str, tuple[int, int], os.stat_result]] | None = None
-        for _ in range(_LISTING_ATTEMPTS):
+        while attempts > 0:
+            attempts -= 1
             try:
                 names = os.listdir(self.directory)
             except FileNotFoundError:
                 self.gone = True
-                return []
+                return [], attempts
             except OSError as exc:
                 self._report(self.directory, "Cannot list container directory.", exc)
-                return None
+                return None, 0
             current = []
             complete = True
             for index, path in self._generations(names):
@@ -215,9 +248,9 @@ class ContainerFollower:
                 previous = None
                 continue
             if previous is not None and [e[:3] for e in previous] == [e[:3] for e in current]:
-                return current
+                return current, attempts
             previous = current
-        return None
+        return None, 0
 
     def _open_new(
         self,
@@ -230,6 +263,7 @@ class ContainerFollower:
         since): then nothing younger is opened, so the order of generations stays right, and
         the caller lists again."""
         deferred: set[tuple[int, int]] = set()
+        ages = {key: index for index, _, key, _ in snapshot}
         open_keys = {generation.key for generation in self._pending}
         for queued in self._pending:
             if not queued.identity_final:
@@ -252,23 +286,22 @@ class ContainerFollower:
             elif isinstance(generation, _Done):
                 self._ignored[key] = (signature, generation.entry)
             elif isinstance(generation, _Generation):
-                self._insert(generation)
+                self._insert(generation, index, ages)
                 open_keys.add(key)
         return deferred
 
-    def _insert(self, generation: _Generation) -> None:
-        """Queue a generation by age. Almost always it is the youngest; but a file first seen
-        after younger ones (Docker renamed it past a listing) goes before every queued file
-        whose first entry is later. The one being read stays first: it is half read."""
+    def _insert(
+        self, generation: _Generation, index: int, ages: dict[tuple[int, int], int]
+    ) -> None:
+        """Queue a generation by age. Almost always it is the youngest; but one first listed
+        after younger ones goes before every queued file that is younger in the same listing
+        (`ages`: rotation index by file; files no longer listed were deleted, so are older).
+        The one being read stays first once reading began: it is half read."""
         pending = self._pending
         position = len(pending)
-        if generation.first_time:
-            while (
-                position > 1
-                and pending[position - 1].first_time
-                and pending[position - 1].first_time > generation.first_time
-            ):
-                position -= 1
+        first = 0 if pending and pending[0].offset == pending[0].start else 1
+        while position > first and ages.get(pending[position - 1].key, _DELETED) < index:
+            position -= 1
         pending.insert(position, generation)
 
     def _generations(self, names: list[str]) -> list[tuple[int, str]]:
@@ -471,22 +504,31 @@ class ContainerFollower:
                 cut = data.rfind(b"\n")
                 if cut >= 0 or len(data) >= self._settings.max_line_bytes:
                     await self._emit(generation, data[: cut + 1] if cut >= 0 else data)
+                    # Ingesting waits only when the memory budget is spent: give the other
+                    # containers, the outputs and the watch their turn after every chunk.
+                    await asyncio.sleep(0)
                     if time.monotonic() - self._last_reconcile > self._settings.poll_interval:
                         self.reconcile()  # keep pinning new generations while catching up
                     continue
-                # At the end of this file, or only the start of an unfinished line.
-                if self._superseded(generation):
-                    if data:  # a line that will never be finished: ship it as it is
-                        await self._emit(generation, data)
-                    self._finish(generation)
-                    continue
-                if self._truncated(generation):
-                    continue
-                await self._idle()
+                await self._at_end(generation, data)
         finally:
             for generation in self._pending:
                 generation.reader.close()
             self._pending.clear()
+
+    async def _at_end(self, generation: _Generation, data: bytes) -> None:
+        """At the end of a file (`data`: the start of an unfinished line, if any): finish it
+        if Docker is done with it, start again if it was truncated, or wait for more."""
+        if generation.superseded:
+            if data:  # a line that will never be finished: ship it as it is
+                await self._emit(generation, data)
+            self._finish(generation)
+        elif self._superseded(generation):
+            # Docker closes a file before renaming it, but may have written to it after our
+            # last read: read to the end once more before finishing it.
+            generation.superseded = True
+        elif not self._truncated(generation):
+            await self._idle()
 
     def _read(self, generation: _Generation) -> bytes:
         if generation.released:
@@ -706,20 +748,18 @@ class ContainerFollower:
             generation.reader.close()
             self._unsettled[generation.file.handle] = generation
 
-    def _collect_garbage(self, deferred: set[tuple[int, int]]) -> None:
+    def _collect_garbage(
+        self, checkpoints: list[FileCheckpoint], deferred: set[tuple[int, int]]
+    ) -> None:
         """Checkpoints of this container's files that exist no more: gone, and counted as lost
         where they were not read to the end. A file is known by its content, not its inode
         (Docker's next file often gets the inode number of the one it deleted): a checkpoint
         lives while a generation holds it or a listed file was matched to it."""
         referenced = self._busy_keys()
         referenced.update(entry for _, entry in self._ignored.values() if entry is not None)
-        for entry in self._store.entries():
-            if (
-                entry.source != self.source
-                or os.path.dirname(entry.path) != self.directory
-                or entry.key in referenced
-                or (entry.device, entry.inode) in deferred
-            ):
+        for listed in checkpoints:
+            entry = self._store.get(listed.key)  # listed before this look: may have moved on
+            if entry is None or entry.key in referenced or (entry.device, entry.inode) in deferred:
                 continue
             if entry.size > entry.offset:
                 self._lost(entry.path, entry.size - entry.offset, "deleted_unread")

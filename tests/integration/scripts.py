@@ -100,3 +100,111 @@ def signal_path(name: str) -> str:
     if not name or "/" in name:
         raise ValueError(f"bad signal name {name!r}")
     return f"{SIGNAL_DIR}/{name}"
+
+
+def in_parallel(*fragments: str) -> str:
+    """Run fragments at the same time (background subshells) and wait for all of them: e.g. one
+    writer on stdout and one on stderr, as two threads of an application would."""
+    return " & ".join(f"{{ {fragment}; }}" for fragment in fragments if fragment) + " & wait"
+
+
+DEFAULT_PATTERN = "0123456789"
+SEQ_PREFIX_BYTES = len(numbered_line(0)) + 1
+"""`seq=NNNNNN ` before the pattern of a numbered long line (seq below 1,000,000)."""
+
+
+def _check_pattern(pattern: str) -> None:
+    if (
+        not pattern
+        or not pattern.isascii()
+        or pattern.startswith("-")
+        or any(char in pattern for char in "\0\n")
+    ):
+        raise ValueError(f"pattern must be ASCII without NUL or newline: {pattern!r}")
+
+
+def patterned_text(prefix: str, size: int, pattern: str = DEFAULT_PATTERN) -> str:
+    """What `patterned_line` writes (without its newline): `size` bytes, `prefix` then
+    `pattern` repeated and cut to fit."""
+    _check_pattern(pattern)
+    filler = size - len(prefix.encode())
+    if filler < 0:
+        raise ValueError(f"size {size} is shorter than the prefix {prefix!r}")
+    return prefix + (pattern * (filler // len(pattern) + 1))[:filler]
+
+
+def patterned_line(
+    prefix: str, size: int, pattern: str = DEFAULT_PATTERN, *, stream: Stream = "stdout"
+) -> str:
+    """Write one line of `size` bytes (plus `\\n`): `prefix` (literal) then `pattern` (literal
+    ASCII, e.g. with `<>&"\\` and TAB that json-file escapes) repeated; see `patterned_text`.
+
+    Unlike `long_line`'s single character, the content shows a part joined in the wrong order,
+    twice, or from the other stream. json-file splits it into entries of 16384 bytes.
+    """
+    filler = len(patterned_text(prefix, size, pattern)) - len(prefix)
+    return (
+        f"{{ printf '%s' {shlex.quote(prefix)}; "
+        f"yes {shlex.quote(pattern)} | tr -d '\\n' | head -c {filler}; echo; }}"
+        f"{_redirect(stream)}"
+    )
+
+
+def paced_numbered_lines(
+    count: int,
+    *,
+    start: int = 0,
+    payload: str = "",
+    stream: Stream = "stdout",
+    burst: int = 10,
+    pause_ms: int = 10,
+    long_every: int = 0,
+    long_size: int = 0,
+    long_pattern: str = DEFAULT_PATTERN,
+) -> str:
+    """Like `numbered_lines`, but sleeping `pause_ms` after every `burst` lines: a steady writer
+    (at most burst / pause_ms lines per ms) rather than a flood, so a reader can follow a
+    small `max-file` window. With `long_every`, each line whose seq % long_every ==
+    long_every - 1 is instead `seq=NNNNNN ` + `long_pattern` repeated, `long_size` bytes in
+    all (`patterned_line`). `expected_paced_numbered_lines` gives the lines it writes.
+    """
+    end = start + count
+    if end > 1_000_000:
+        raise ValueError("seq must stay below 1,000,000 (six digits)")
+    line_format = shlex.quote("seq=%06d %s\\n" if payload else "seq=%06d\\n")
+    arg = f" {shlex.quote(payload)}" if payload else ""
+    write = f"printf {line_format} $i{arg}"
+    if long_every:
+        filler = long_size - SEQ_PREFIX_BYTES
+        _check_pattern(long_pattern)
+        if filler < 0:
+            raise ValueError(f"long_size must be at least {SEQ_PREFIX_BYTES}")
+        long_write = (
+            f"printf 'seq=%06d ' $i; yes {shlex.quote(long_pattern)} | tr -d '\\n' | "
+            f"head -c {filler}; echo"
+        )
+        is_long = f"[ $((i % {long_every})) -eq {long_every - 1} ]"
+        write = f"if {is_long}; then {long_write}; else {write}; fi"
+    return (
+        f"{{ i={start}; while [ $i -lt {end} ]; do {write}; i=$((i+1)); "
+        f"if [ $((i % {burst})) -eq 0 ]; then usleep {pause_ms * 1000}; fi; done; }}"
+        f"{_redirect(stream)}"
+    )
+
+
+def expected_paced_numbered_lines(
+    count: int,
+    *,
+    start: int = 0,
+    payload: str = "",
+    long_every: int = 0,
+    long_size: int = 0,
+    long_pattern: str = DEFAULT_PATTERN,
+) -> list[str]:
+    """The lines (without newline) `paced_numbered_lines` with the same arguments writes."""
+    return [
+        patterned_text(f"seq={seq:06d} ", long_size, long_pattern)
+        if long_every and seq % long_every == long_every - 1
+        else numbered_line(seq, payload)
+        for seq in range(start, start + count)
+    ]
