@@ -144,6 +144,9 @@ class App:
                     "reason": self.store.corrupt_reason,
                 },
             )
+        # Write the checkpoint file once before shipping anything: if it cannot be written,
+        # every restart would ship everything again, so refuse to start instead.
+        self.flush_checkpoints(force=True)
         for output in self.outputs:
             await output.sink.open()
         self.sources = [
@@ -215,16 +218,24 @@ class App:
         self.flush_checkpoints()
         log.info("shipper stopped.", extra={"checkpoints": str(self.config.checkpoint_path)})
 
-    def flush_checkpoints(self) -> None:
-        if self.store.flush():
+    def flush_checkpoints(self, *, force: bool = False) -> None:
+        if self.store.flush(force=force):
             self.telemetry.inc("shipper_checkpoint_flushes_total")
 
     async def _flush_periodically(self) -> None:
+        failing: str | None = None
         while True:
             await asyncio.sleep(self.config.checkpoints.flush_interval)
             try:
                 self.flush_checkpoints()
             except ShipperError as exc:
                 # A full or read-only disk: keep shipping; the next flush tries again, and the
-                # worst case of a crash meanwhile is more duplicates, never a loss.
-                log.error("Cannot write checkpoints.", extra={"error": str(exc)})
+                # worst case of a crash meanwhile is more duplicates, never a loss. Said once
+                # per cause, not at every interval.
+                if str(exc) != failing:
+                    log.error("Cannot write checkpoints.", extra={"error": str(exc)})
+                    failing = str(exc)
+            else:
+                if failing is not None:
+                    log.info("Checkpoints are written again.")
+                    failing = None

@@ -451,13 +451,14 @@ class CheckpointStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def flush(self) -> bool:
-        """Write the store if it changed since the last flush; returns whether it wrote.
+    def flush(self, *, force: bool = False) -> bool:
+        """Write the store if it changed since the last flush (or `force`); returns whether it
+        wrote. At start, a forced flush proves the file can be written before anything ships.
 
         Atomic and durable: the new state goes to `<name>.tmp`, is fsynced, then renamed over the
         file, so a crash at any point leaves either the old or the new file, never a torn one.
         """
-        if not self._dirty:
+        if not self._dirty and not force:
             return False
         document = {
             "version": FORMAT_VERSION,

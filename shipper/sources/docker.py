@@ -58,6 +58,7 @@ class DockerJsonSource:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rescan = asyncio.Event()
         self._root_missing_logged = False
+        self._unlistable: set[str] = set()  # container directories whose error was logged
 
     async def run(self) -> None:
         """Discover and follow until cancelled."""
@@ -114,12 +115,24 @@ class DockerJsonSource:
             if entry.path in self._tasks:
                 continue
             base = entry.name + LOG_SUFFIX
-            with contextlib.suppress(OSError):
-                if any(name.startswith(base) for name in os.listdir(entry.path)):
-                    if by_directory is None:  # once per scan, not per container
-                        by_directory = self._checkpoints_by_directory()
-                    checkpoints = by_directory.get(entry.path, [])
-                    self._start(entry.path, entry.name, checkpoints, start_at_end=start_at_end)
+            try:
+                names = os.listdir(entry.path)
+            except FileNotFoundError:
+                continue  # removed since the scan
+            except OSError as exc:
+                if entry.path not in self._unlistable:  # once, not at every scan
+                    self._unlistable.add(entry.path)
+                    log.error(
+                        "Cannot list container directory; will try again.",
+                        extra={"path": entry.path, "error": exc.strerror or str(exc)},
+                    )
+                continue
+            self._unlistable.discard(entry.path)
+            if any(name.startswith(base) for name in names):
+                if by_directory is None:  # once per scan, not per container
+                    by_directory = self._checkpoints_by_directory()
+                checkpoints = by_directory.get(entry.path, [])
+                self._start(entry.path, entry.name, checkpoints, start_at_end=start_at_end)
         if start_at_end:
             # `start_at: end` applies only to the very first start: make it durable now, so a
             # crash before the first interval flush does not turn the next start into a first.
@@ -183,17 +196,15 @@ class DockerJsonSource:
         self._telemetry.set("shipper_open_files", open_files, source=self.name)
         self._telemetry.set("shipper_pinned_bytes", pinned, source=self.name)
 
-    def _hint(self, path: str) -> None:
-        """A watch event (on the event loop): the follower of that directory looks now."""
-        directory = os.path.dirname(path)
-        follower = self._followers.get(directory)
-        if follower is not None:
-            follower.hint()
-        elif str(self.root) in (path, directory):
-            self._rescan.set()
-        else:
-            # A file in a directory not followed yet: the container's first log file.
-            self._rescan.set()
+    def _hint(self, paths: set[str]) -> None:
+        """Watch events (on the event loop): the followers of those directories look soon; a
+        change elsewhere (a new container directory, its first log file) asks for a scan."""
+        for directory in {os.path.dirname(path) for path in paths}:
+            follower = self._followers.get(directory)
+            if follower is not None:
+                follower.hint()
+            else:
+                self._rescan.set()
 
     def _collect_garbage(self) -> None:
         """Drop checkpoints of containers whose directory is gone, counting what was unread."""

@@ -161,6 +161,7 @@ class ContainerFollower:
         self._wake = asyncio.Event()
         self._last_reconcile = 0.0
         self._listing_due = False
+        self._listed: set[object] = set()  # what the last look listed (_content_of)
         self.gone = False  # the directory is gone: nothing more will come
         self.pinned_bytes = 0  # on-disk bytes of deleted files still open
 
@@ -205,6 +206,7 @@ class ContainerFollower:
                 break  # Docker kept rotating: what was opened so far is in order; look later
             deferred = self._open_new(snapshot, start_at_end=start_at_end)
             if deferred is not None:
+                self._count_unseen(self._contents(snapshot))
                 # Only a whole, consistent listing may say that a file is gone.
                 present = {key for _, _, key, _ in snapshot}
                 for key in self._ignored.keys() - present:
@@ -289,6 +291,35 @@ class ContainerFollower:
                 self._insert(generation, index, ages)
                 open_keys.add(key)
         return deferred
+
+    def _contents(
+        self, snapshot: list[tuple[int, str, tuple[int, int], os.stat_result]]
+    ) -> set[object]:
+        """What the listed files hold, as far as known: each one's checkpoint (the same for a
+        file and its gzip twin), else its inode."""
+        known: dict[tuple[int, int], object] = {
+            key: ignored[1] for key, ignored in self._ignored.items() if ignored[1] is not None
+        }
+        known.update((g.key, g.entry.key) for g in self._pending if g.entry is not None)
+        return {known.get(key, key) for _, _, key, _ in snapshot}
+
+    def _count_unseen(self, listed: set[object]) -> None:
+        """Notice when shipper may have looked too seldom: between two looks Docker rotated
+        away every file listed at the first one.
+
+        Docker deletes oldest first, so a file it creates and deletes between two looks is
+        younger than all files listed at the first: those must all be gone too. The reverse
+        does not hold (exactly max-file rotations lose nothing), and json-file leaves no trace
+        of a deleted file: this is a warning that files may have been lost, counted."""
+        previous, self._listed = self._listed, listed
+        if not previous or not listed or listed & previous:
+            return
+        self._telemetry.inc("shipper_rotation_overruns_total", source=self.source)
+        log.warning(
+            "Docker rotated away every file since shipper last looked: rotated log files may "
+            "have been deleted unread (raise max-file, or give shipper more CPU).",
+            extra={"path": self.directory},
+        )
 
     def _insert(
         self, generation: _Generation, index: int, ages: dict[tuple[int, int], int]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,25 +37,42 @@ _EVENTS: list[type[FileSystemEvent]] = [
 
 
 class _Forward(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[str], None]) -> None:
+    """Collects changed paths in watchdog's thread and hands them to the loop in batches.
+
+    A rotation renames every file of a container, and a container rotating flat out makes
+    thousands of events a second: one loop callback per batch, not per event, keeps the
+    event loop free for reading.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[set[str]], None]) -> None:
         self._loop = loop
         self._notify = notify
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        for path in (event.src_path, getattr(event, "dest_path", "")):
-            if path:
-                self._loop.call_soon_threadsafe(self._notify, os.fsdecode(path))
+        paths = {os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p}
+        with self._lock:
+            first = not self._paths
+            self._paths |= paths
+        if first:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        self._notify(paths)
 
 
 class Watch:
-    """Watches a directory tree and calls `notify(path)` on the event loop for each change.
+    """Watches a directory tree and calls `notify(paths)` on the event loop with what changed.
 
     Hints only: a lost or late event costs latency, never data, because the periodic rescan is
     the source of truth. `start` returns False (and logs why) when watching is impossible, e.g.
     the root is missing or inotify watches are exhausted; the caller then rescans more often.
     """
 
-    def __init__(self, root: Path, notify: Callable[[str], None]) -> None:
+    def __init__(self, root: Path, notify: Callable[[set[str]], None]) -> None:
         self._root = root
         self._notify = notify
         self._observer: BaseObserver | None = None

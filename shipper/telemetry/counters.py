@@ -46,6 +46,12 @@ DEFINITIONS: dict[str, Definition] = {
         "Bytes that could not be read because their file was gone first.",
         ("source", "reason"),
     ),
+    "shipper_rotation_overruns_total": Definition(
+        Kind.COUNTER,
+        "Looks at a container between which Docker rotated every file listed before away: "
+        "rotated files may have been deleted unread.",
+        ("source",),
+    ),
     "shipper_files_opened_total": Definition(
         Kind.COUNTER, "Log files opened for reading.", ("source",)
     ),
