@@ -86,6 +86,15 @@ class Sender:
         if result.acknowledged is not None:
             result = await result.acknowledged
             self._check_count(result, batch)
+        outcomes = result.outcomes
+        if outcomes and outcomes[0] in FINAL_OUTCOMES and outcomes[0] is not Outcome.DEAD_LETTERED:
+            # The common case, a whole batch delivered: count it without a step per record.
+            first = outcomes[0]
+            if outcomes.count(first) == len(outcomes):
+                self._telemetry.inc(
+                    "shipper_records_total", len(outcomes), output=self.output, outcome=first
+                )
+                return
         rejected: list[tuple[RecordGroup, int, str]] = []
         retry = [False] * len(result.outcomes)
         tally: dict[Outcome, int] = {}

@@ -26,6 +26,7 @@ FLAG_INVALID_JSON = "invalid_json"
 # RFC 3339 as Go's RFC3339Nano writes it: the fraction has 0 to 9 digits (trailing zeros are
 # trimmed, and a zero fraction has no dot at all). Docker writes UTC ("Z"); an offset is accepted
 # because other writers of this format use one.
+_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.ASCII)
 _RFC3339 = re.compile(
     r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|z|[+-]\d\d:\d\d)", re.ASCII
 )
@@ -36,6 +37,15 @@ def normalize_time(value: str) -> str | None:
 
     Keeping nanoseconds as text (no float anywhere) is what makes the precision survive.
     """
+    if (
+        len(value) == 30
+        and value[29] == "Z"
+        and value[19] == "."
+        and value.isascii()
+        and value[20:29].isdigit()
+        and _real_time(value[:19])
+    ):
+        return value  # already nine digits and UTC: most of Docker's times
     match = _RFC3339.fullmatch(value)
     if match is None:
         return None
@@ -58,6 +68,8 @@ def _real_time(seconds: str) -> bool:
     Cached because consecutive lines share their second: the check costs once per second of
     log, not once per line.
     """
+    if _SECONDS.fullmatch(seconds) is None:
+        return False
     try:
         datetime.fromisoformat(seconds)
     except ValueError:
