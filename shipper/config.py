@@ -210,6 +210,16 @@ class DockerJsonSourceConfig(_Model):
     # null: no limit (nothing is lost while the files existed). A size: past it, per container,
     # the oldest such files are given up and their unread bytes counted as lost.
     max_pinned_bytes: ByteSize | None = None
+    # `host.name` on every record; null: NODE_NAME (Kubernetes downward API) or the hostname.
+    host_name: str | None = None
+    # Label keys with dots become underscores (`app.kubernetes.io/name` -> `app_kubernetes_io/name`)
+    # so `app` and `app.kubernetes.io/name` cannot clash in an Elasticsearch mapping.
+    dedot_labels: bool = True
+    # Container environment variables shipped (as docker.container.env); none by default: the
+    # environment is where secrets live.
+    env_allowlist: list[str] = Field(default_factory=list)
+    # Leave out shipper's own container (its logs would be shipped, logged, shipped again).
+    exclude_self: bool = True
 
 
 # One member for now; a new source type is a new class added to this union.

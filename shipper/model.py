@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Outcome(enum.StrEnum):
@@ -33,6 +33,18 @@ class LogFile:
     path: str  # path when the file was opened; a rotated file keeps reading through its fd
     handle: str  # unique per opened file in this process: the AckTracker lane of its byte ranges
     fingerprint: str = ""  # stable identity of the content (identity.stable_id), for records
+
+
+@dataclass(frozen=True, slots=True)
+class Enrichment:
+    """What every record of one container carries besides its own line (its metadata).
+
+    `document` holds the fields as a dict (the plain encoder's reference); `fragment` the same
+    fields serialised once, without the enclosing braces, ready to splice into each record.
+    """
+
+    document: dict[str, Any]
+    fragment: bytes
 
 
 class Hold(Protocol):
@@ -115,6 +127,7 @@ class RecordGroup:
     # Ranges of earlier chunks that hold the first parts of records completed in this group:
     # released with this group, so no checkpoint passes a part before its record settled.
     held: list[Hold] = field(default_factory=list)
+    enrichment: Enrichment | None = None  # the container's metadata fields, if known
     settlement: Settlement | None = None
     invalid_json: int = 0  # lines shipped as raw text because they were not Docker JSON entries
     invalid_time: int = 0  # entries whose time was unusable; they carry the read time

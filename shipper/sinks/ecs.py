@@ -30,7 +30,11 @@ def build_document(group: RecordGroup, index: int) -> dict[str, Any]:
     stream = group.streams[index]
     if stream:
         document["stream"] = stream
-    document["container"] = {"id": group.file.container_id}
+    enrichment = group.enrichment
+    if enrichment is None:
+        document["container"] = {"id": group.file.container_id}
+    else:
+        document.update(enrichment.document)
     origin = group.heads.get(index, group.file)
     log_file = {"path": origin.path}
     if origin.fingerprint:
@@ -42,7 +46,7 @@ def build_document(group: RecordGroup, index: int) -> dict[str, Any]:
     document["log"] = log
     attrs = group.attrs.get(index)
     if attrs:
-        document["docker"] = {"attrs": attrs}
+        document["docker"] = {**document.get("docker", {}), "attrs": attrs}
     return document
 
 
@@ -56,9 +60,13 @@ def encode_spliced(group: RecordGroup, indices: Sequence[int]) -> bytes:
     dumps = orjson.dumps
     fingerprint = group.file.fingerprint
     shared = (
-        b',"container":{"id":'
-        + dumps(group.file.container_id)
-        + b'},"log":{"file":{"path":'
+        b","
+        + (
+            group.enrichment.fragment
+            if group.enrichment is not None
+            else b'"container":{"id":' + dumps(group.file.container_id) + b"}"
+        )
+        + b',"log":{"file":{"path":'
         + dumps(group.file.path)
         + (b',"fingerprint":' + dumps(fingerprint) if fingerprint else b"")
         + b'},"offset":'

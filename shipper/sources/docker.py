@@ -13,6 +13,13 @@ from pathlib import Path
 from shipper.checkpoints import CheckpointStore, FileCheckpoint
 from shipper.config import DockerJsonSourceConfig
 from shipper.pipeline.pipeline import Pipeline
+from shipper.processing.metadata import (
+    MetadataCache,
+    MetadataOptions,
+    default_host_name,
+    log_driver,
+    own_container_id,
+)
 from shipper.sources.tailer import LOG_SUFFIX, ContainerFollower, TailSettings
 from shipper.sources.watch import Watch
 from shipper.telemetry.counters import Telemetry
@@ -54,6 +61,16 @@ class DockerJsonSource:
             max_message_bytes=config.max_message_bytes,
             max_pinned_bytes=config.max_pinned_bytes,
         )
+        self._metadata = MetadataCache(
+            MetadataOptions(
+                host_name=config.host_name or default_host_name(),
+                dedot_labels=config.dedot_labels,
+                env_allowlist=tuple(config.env_allowlist),
+            ),
+            on_error=self._metadata_error,
+        )
+        self._own_id = own_container_id() if config.exclude_self else None
+        self._not_json_file: set[str] = set()  # containers already warned about
         self._followers: dict[str, ContainerFollower] = {}  # by directory
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rescan = asyncio.Event()
@@ -112,7 +129,7 @@ class DockerJsonSource:
         start_at_end = initial and self._store.first_start and self._config.start_at == "end"
         by_directory: dict[str, list[FileCheckpoint]] | None = None
         for entry in directories:
-            if entry.path in self._tasks:
+            if entry.path in self._tasks or entry.name == self._own_id:
                 continue
             base = entry.name + LOG_SUFFIX
             try:
@@ -128,7 +145,9 @@ class DockerJsonSource:
                     )
                 continue
             self._unlistable.discard(entry.path)
-            if any(name.startswith(base) for name in names):
+            if not any(name.startswith(base) for name in names):
+                self._check_log_driver(entry.path, entry.name)
+            else:
                 if by_directory is None:  # once per scan, not per container
                     by_directory = self._checkpoints_by_directory()
                 checkpoints = by_directory.get(entry.path, [])
@@ -156,6 +175,7 @@ class DockerJsonSource:
             store=self._store,
             pipeline=self._pipeline,
             telemetry=self._telemetry,
+            metadata=self._metadata,
         )
         # The first look also settles what happened while shipper was down: checkpoints of
         # files gone since are dropped, and what was unread in them counted as lost.
@@ -165,9 +185,29 @@ class DockerJsonSource:
         self._tasks[directory] = task
         task.add_done_callback(lambda done: self._ended(directory, done))
 
+    def _metadata_error(self, container_id: str, reason: str) -> None:
+        self._telemetry.inc("shipper_metadata_errors_total", source=self.name)
+        log.warning(
+            "Container metadata unavailable; its records ship with the container id only.",
+            extra={"container_id": container_id, "reason": reason},
+        )
+
+    def _check_log_driver(self, directory: str, container_id: str) -> None:
+        """A container with no json-file log: say once if its driver keeps logs off disk."""
+        if container_id in self._not_json_file:
+            return
+        driver = log_driver(directory)
+        if driver is not None and driver != "json-file":
+            self._not_json_file.add(container_id)
+            log.warning(
+                "Container logs with another driver than json-file: nothing on disk to ship.",
+                extra={"container_id": container_id, "log_driver": driver},
+            )
+
     def _ended(self, directory: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(directory, None)
         self._followers.pop(directory, None)
+        self._metadata.forget(directory)
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "Follower failed; the next scan starts it again.",

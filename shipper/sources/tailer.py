@@ -28,6 +28,7 @@ from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, Hold, LogFile, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
+from shipper.processing.metadata import MetadataCache
 from shipper.sources.docker_json import decode_chunk, format_time_ns, normalize_time
 from shipper.sources.identity import (
     HEAD_BYTES,
@@ -140,8 +141,10 @@ class ContainerFollower:
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
+        metadata: MetadataCache | None = None,
     ) -> None:
         self.source = source
+        self._metadata = metadata
         self.directory = directory
         self.container_id = container_id
         self.base = container_id + LOG_SUFFIX
@@ -602,13 +605,21 @@ class ContainerFollower:
             )
 
     def _decode(self, chunk: Chunk, hold: Hold) -> RecordGroup:
-        return decode_chunk(
+        group = decode_chunk(
             chunk,
             read_time=format_time_ns(time.time_ns()),
             joiner=self._joiner,
             hold=hold,
             now=time.monotonic(),
         )
+        self._enrich(group)
+        return group
+
+    def _enrich(self, group: RecordGroup) -> None:
+        # Looked up per chunk, just before it is shipped: a rename Docker wrote to
+        # config.v2.json meanwhile is on this chunk's records.
+        if self._metadata is not None:
+            group.enrichment = self._metadata.get(self.directory, self.container_id)
 
     def _refresh_identity(self, generation: _Generation) -> None:
         """A young file grew: its fingerprint covers more bytes now (a growing prefix), and its
@@ -729,6 +740,7 @@ class ContainerFollower:
         expired = self._joiner.expired(time.monotonic(), self._settings.partial_flush_timeout)
         if expired:
             group = group_of(expired)
+            self._enrich(group)
             self._pipeline.route(group, group.held, 0)
         await self._pause()
         self.reconcile()
@@ -743,6 +755,7 @@ class ContainerFollower:
         pending = self._joiner.take_all()
         if pending:
             group = group_of(pending)
+            self._enrich(group)
             self._pipeline.route(group, group.held, 0)
 
     # -- bookkeeping -------------------------------------------------------------------------

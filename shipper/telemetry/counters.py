@@ -64,6 +64,12 @@ DEFINITIONS: dict[str, Definition] = {
         "Disk bytes of deleted log files held open until drained.",
         ("source",),
     ),
+    "shipper_metadata_errors_total": Definition(
+        Kind.COUNTER,
+        "Containers whose config.v2.json was missing, unreadable or corrupt when read; their "
+        "records ship with the container id only.",
+        ("source",),
+    ),
     "shipper_records_total": Definition(
         Kind.COUNTER,
         "Records that reached a final outcome at an output.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -300,3 +301,49 @@ async def test_a_container_whose_log_is_still_empty_is_followed(tmp_path: Path) 
     await task
     _, documents = shipped(tmp_path / "out.ndjson")
     assert [d["message"] for d in documents] == ["finally something"]
+
+
+async def test_records_carry_container_metadata_and_a_rename_shows_on_later_lines(
+    tmp_path: Path,
+) -> None:
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container(
+        "web-1", image="nginx:1.25", labels={"app": "web", "app.kubernetes.io/name": "shop"}
+    )
+    log.write("before the rename")
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 1, what="the first line")
+    # `docker rename`: dockerd writes config.v2.json anew (a temporary file, then a rename).
+    document = orjson.loads(log.config_path.read_bytes())
+    document["Name"] = "/web-renamed"
+    temporary = log.directory / ".config.v2.json.tmp"
+    temporary.write_bytes(orjson.dumps(document))
+    os.replace(temporary, log.config_path)
+    log.write("after the rename")
+    await wait_until(lambda: delivered(app) >= 2, what="the second line")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert [d["container"]["name"] for d in documents] == ["web-1", "web-renamed"]
+    first = documents[0]
+    assert first["container"]["image"]["name"] == "nginx:1.25"
+    assert first["container"]["labels"] == {"app": "web", "app_kubernetes_io/name": "shop"}
+    assert first["host"]["name"] and first["agent"]["type"] == "shipper"
+    assert "env" not in str(first)  # the writer's SECRET_TOKEN stays home
+    assert "demo-not-a-secret" not in (tmp_path / "out.ndjson").read_text()
+
+
+async def test_a_container_without_metadata_still_ships_and_is_counted(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("anonymous")
+    log.config_path.unlink()
+    log.write("no config.v2.json")
+    app = App(make_config(tmp_path))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 1, what="the line")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert documents[0]["container"] == {"id": log.id}
+    assert app.telemetry.value("shipper_metadata_errors_total", source="docker") == 1

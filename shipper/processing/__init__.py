@@ -1,0 +1,1 @@
+"""What happens to records between reading and the outputs: container metadata, and more."""
