@@ -33,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConsoleOutputConfig",
+    "ContainerMatch",
     "DeadLetterConfig",
     "DockerJsonSourceConfig",
     "Duration",
@@ -188,6 +189,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+class ContainerMatch(_Model):
+    """Containers matching any of these shell-style globs (`*`, `?`, `[...]`)."""
+
+    names: list[str] = Field(default_factory=list)  # container names, without the leading /
+    images: list[str] = Field(default_factory=list)  # image names as given to docker run
+    labels: list[str] = Field(default_factory=list)  # "key" (label set) or "key=value-glob"
+
+
 class DockerJsonSourceConfig(_Model):
     """Container logs written by Docker's json-file driver: <root>/<id>/<id>-json.log*."""
 
@@ -220,6 +229,11 @@ class DockerJsonSourceConfig(_Model):
     env_allowlist: list[str] = Field(default_factory=list)
     # Leave out shipper's own container (its logs would be shipped, logged, shipped again).
     exclude_self: bool = True
+    # Which containers to ship: those matching `include` (null: all), less those matching
+    # `exclude`, less those whose label `opt_out_label` is "true".
+    include: ContainerMatch | None = None
+    exclude: ContainerMatch = Field(default_factory=ContainerMatch)
+    opt_out_label: str = "shipper.exclude"
 
 
 # One member for now; a new source type is a new class added to this union.

@@ -9,6 +9,7 @@ record (DESIGN.md §2), so enrichment costs nothing per line.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -151,7 +152,9 @@ class MetadataCache:
     def __init__(self, options: MetadataOptions, on_error: Callable[[str, str], None]) -> None:
         self._options = options
         self._on_error = on_error
-        self._entries: dict[str, tuple[tuple[int, int, int] | None, Enrichment]] = {}
+        self._entries: dict[
+            str, tuple[tuple[int, int, int] | None, Enrichment, dict[str, Any] | None]
+        ] = {}
 
     def get(self, directory: str, container_id: str) -> Enrichment:
         path = os.path.join(directory, "config.v2.json")
@@ -167,8 +170,13 @@ class MetadataCache:
         if version is None:
             self._on_error(container_id, "config.v2.json is missing")
         enrichment = build_enrichment(container_id, config, self._options)
-        self._entries[directory] = (version, enrichment)
+        self._entries[directory] = (version, enrichment, config)
         return enrichment
+
+    def config(self, directory: str, container_id: str) -> dict[str, Any] | None:
+        """The parsed config.v2.json as last read (reading it if needed); None if unusable."""
+        self.get(directory, container_id)
+        return self._entries[directory][2]
 
     def forget(self, directory: str) -> None:
         self._entries.pop(directory, None)
@@ -213,3 +221,53 @@ def own_container_id(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     except OSError:
         return None
     return match[1] if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which containers to ship, from the source's include/exclude globs and opt-out label."""
+
+    include: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None
+    exclude: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+    opt_out_label: str
+
+    def ships(self, config: dict[str, Any] | None) -> bool:
+        """Whether the container with this config.v2.json is shipped. Unknown metadata ships:
+        a filter must not drop lines because a file could not be read."""
+        if config is None:
+            return True
+        name, image, labels = _facts(config)
+        if labels.get(self.opt_out_label, "").lower() == "true":
+            return False
+        if self.include is not None and not _matches(self.include, name, image, labels):
+            return False
+        return not _matches(self.exclude, name, image, labels)
+
+
+def _facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    raw_name = config.get("Name")
+    name = raw_name.lstrip("/") if isinstance(raw_name, str) else ""
+    raw_settings = config.get("Config")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
+    image = settings.get("Image") if isinstance(settings.get("Image"), str) else ""
+    raw_labels = settings.get("Labels")
+    labels = {str(k): str(v) for k, v in raw_labels.items()} if isinstance(raw_labels, dict) else {}
+    return name, str(image), labels
+
+
+def _matches(
+    patterns: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+    name: str,
+    image: str,
+    labels: dict[str, str],
+) -> bool:
+    names, images, label_patterns = patterns
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
+        return True
+    if any(fnmatch.fnmatchcase(image, pattern) for pattern in images):
+        return True
+    for pattern in label_patterns:
+        key, has_value, value = pattern.partition("=")
+        if key in labels and (not has_value or fnmatch.fnmatchcase(labels[key], value)):
+            return True
+    return False

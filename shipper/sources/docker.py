@@ -11,11 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from shipper.checkpoints import CheckpointStore, FileCheckpoint
-from shipper.config import DockerJsonSourceConfig
+from shipper.config import ContainerMatch, DockerJsonSourceConfig
 from shipper.pipeline.pipeline import Pipeline
 from shipper.processing.metadata import (
     MetadataCache,
     MetadataOptions,
+    Selection,
     default_host_name,
     log_driver,
     own_container_id,
@@ -70,6 +71,12 @@ class DockerJsonSource:
             on_error=self._metadata_error,
         )
         self._own_id = own_container_id() if config.exclude_self else None
+        self._selection = Selection(
+            include=_patterns(config.include) if config.include is not None else None,
+            exclude=_patterns(config.exclude),
+            opt_out_label=config.opt_out_label,
+        )
+        self._excluded: set[str] = set()  # containers left out, said once
         self._not_json_file: set[str] = set()  # containers already warned about
         self._followers: dict[str, ContainerFollower] = {}  # by directory
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -147,7 +154,7 @@ class DockerJsonSource:
             self._unlistable.discard(entry.path)
             if not any(name.startswith(base) for name in names):
                 self._check_log_driver(entry.path, entry.name)
-            else:
+            elif self._selected(entry.path, entry.name):
                 if by_directory is None:  # once per scan, not per container
                     by_directory = self._checkpoints_by_directory()
                 checkpoints = by_directory.get(entry.path, [])
@@ -184,6 +191,17 @@ class DockerJsonSource:
         self._followers[directory] = follower
         self._tasks[directory] = task
         task.add_done_callback(lambda done: self._ended(directory, done))
+
+    def _selected(self, directory: str, container_id: str) -> bool:
+        if self._selection.ships(self._metadata.config(directory, container_id)):
+            self._excluded.discard(container_id)
+            return True
+        if container_id not in self._excluded:
+            self._excluded.add(container_id)
+            log.info(
+                "Container left out by the configuration.", extra={"container_id": container_id}
+            )
+        return False
 
     def _metadata_error(self, container_id: str, reason: str) -> None:
         self._telemetry.inc("shipper_metadata_errors_total", source=self.name)
@@ -266,3 +284,7 @@ class DockerJsonSource:
                     extra={"path": entry.path, "bytes": lost},
                 )
             self._store.remove(entry.key)
+
+
+def _patterns(match: ContainerMatch) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    return tuple(match.names), tuple(match.images), tuple(match.labels)

@@ -347,3 +347,28 @@ async def test_a_container_without_metadata_still_ships_and_is_counted(tmp_path:
     _, documents = shipped(tmp_path / "out.ndjson")
     assert documents[0]["container"] == {"id": log.id}
     assert app.telemetry.value("shipper_metadata_errors_total", source="docker") == 1
+
+
+async def test_containers_are_selected_by_name_label_and_opt_out(tmp_path: Path) -> None:
+    writer = DockerRootWriter(tmp_path / "containers")
+    shipped_logs = writer.add_container("web-1", labels={"tier": "front"})
+    skipped = [
+        writer.add_container("db-1", labels={"tier": "back"}),  # not included
+        writer.add_container("web-debug", labels={"tier": "front"}),  # excluded by name
+        writer.add_container("web-2", labels={"shipper.exclude": "true"}),  # opted out
+    ]
+    for log in (shipped_logs, *skipped):
+        log.write(f"from {log.name}")
+    selection = """    include:
+      names: ["web-*"]
+    exclude:
+      names: ["*-debug"]"""
+    app = App(make_config(tmp_path, extra_source=selection))
+    stop, task = await start(app)
+    await wait_until(lambda: delivered(app) >= 1, what="the selected container")
+    shipped_logs.write("more from web-1")
+    await wait_until(lambda: delivered(app) >= 2, what="its later line")
+    stop.set()
+    await task
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert [d["message"] for d in documents] == ["from web-1", "more from web-1"]

@@ -11,6 +11,7 @@ from shipper.model import LogFile, RecordGroup
 from shipper.processing.metadata import (
     MetadataCache,
     MetadataOptions,
+    Selection,
     build_enrichment,
     own_container_id,
 )
@@ -150,3 +151,27 @@ def test_own_container_is_found_from_the_mounts_docker_makes(tmp_path: Path) -> 
     assert own_container_id(str(mountinfo)) == CID
     mountinfo.write_text("100 90 0:50 / / rw - ext4 /dev/root rw\n")
     assert own_container_id(str(mountinfo)) is None
+
+
+def selection(include: tuple | None = None, exclude: tuple = ((), (), ())) -> Selection:
+    return Selection(include=include, exclude=exclude, opt_out_label="shipper.exclude")
+
+
+def test_selection_by_name_image_and_label_globs() -> None:
+    web = config()
+    assert selection().ships(web)
+    assert selection(include=(("web-*",), (), ())).ships(web)
+    assert not selection(include=(("db-*",), (), ())).ships(web)
+    assert selection(include=((), ("nginx:*",), ())).ships(web)
+    assert selection(include=((), (), ("app=w*",))).ships(web)
+    assert selection(include=((), (), ("io.kubernetes.pod.name",))).ships(web)
+    assert not selection(include=((), (), ("app=db",))).ships(web)
+    assert not selection(exclude=((), ("nginx:1.2?",), ())).ships(web)
+    assert not selection(exclude=((), (), ("com.docker.compose.service=web",))).ships(web)
+
+
+def test_a_container_opts_out_with_its_label_and_unknown_metadata_ships() -> None:
+    opted = config()
+    opted["Config"]["Labels"]["shipper.exclude"] = "true"
+    assert not selection().ships(opted)
+    assert selection().ships(None)  # a file that cannot be read must not drop lines
