@@ -197,7 +197,10 @@ def settled_to_end(app: App, dockerd: Dockerd, container_ids: Iterable[str]) -> 
     offsets = {entry.path: entry.offset for entry in app.store.entries()}
     for container_id in container_ids:
         path = dockerd.json_log(container_id)
-        if offsets.get(str(path)) != path.stat().st_size:
+        try:
+            if offsets.get(str(path)) != path.stat().st_size:
+                return False
+        except FileNotFoundError:  # between Docker's rename and its create
             return False
     return True
 
@@ -469,10 +472,21 @@ async def test_a_clean_restart_against_a_live_container_loses_and_repeats_nothin
         # Docker rotates twice while shipper is down: files it has never seen, and the
         # files it has checkpoints for renamed.
         current = dockerd.json_log(container_id)
+
+        def inode_now() -> int | None:
+            try:  # between Docker's rename and its create, the name holds no file
+                return current.stat().st_ino
+            except FileNotFoundError:
+                return None
+
         for _ in range(2):
-            inode = current.stat().st_ino
             deadline = time.monotonic() + 10
-            while current.stat().st_ino == inode:
+            inode = inode_now()
+            while inode is None:
+                assert time.monotonic() < deadline, "no current log file"
+                await asyncio.sleep(0.01)
+                inode = inode_now()
+            while inode_now() in (inode, None):
                 assert time.monotonic() < deadline, "no rotation while shipper was down"
                 await asyncio.sleep(0.01)
 
