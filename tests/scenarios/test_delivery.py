@@ -30,10 +30,11 @@ def write_lines(writer: DockerRootWriter, name: str, count: int, expected: Seqs,
 
 
 def shipped(path: Path) -> tuple[Seqs, list[dict]]:
+    """The output's documents, by (container, stream). Only whole lines: while shipper runs,
+    the last one may be half written."""
     by_stream: Seqs = defaultdict(list)
-    documents = (
-        [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
-    )
+    data = path.read_bytes() if path.exists() else b""
+    documents = [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
     for document in documents:
         match = SEQ_PATTERN.search(document["message"])
         if match:
