@@ -22,14 +22,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import orjson
-
 from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, Hold, LogFile, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
 from shipper.processing.metadata import MetadataCache
-from shipper.sources.docker_json import decode_chunk, format_time_ns, normalize_time
+from shipper.sources.docker_json import decode_chunk, format_time_ns
 from shipper.sources.identity import (
     HEAD_BYTES,
     IDENTITY_BYTES,
@@ -92,7 +90,6 @@ class _Generation:
         "entry",
         "file",
         "finished",
-        "first_time",
         "identity_final",
         "inode",
         "offset",
@@ -117,7 +114,6 @@ class _Generation:
         self.entry: FileCheckpoint | None = None  # None until it has a first byte
         self.finished = False  # drained: no more ranges will come
         self.identity_final = False  # fingerprint and first line can no longer grow
-        self.first_time = ""  # `time` of its first entry: its age among the container's files
         self.prefix = b""  # its first bytes (up to HEAD_BYTES), to notice a truncation
         self.released = False  # closed before it was drained (a cap): stop reading it
         self.superseded = False  # no longer written to: finished at its next end
@@ -466,7 +462,6 @@ class ContainerFollower:
         generation = _Generation(reader, path, file, offset)
         generation.size = max(offset, content_size)
         generation.identity_final = bool(file_id) and _final(head)
-        generation.first_time = _entry_time(line)
         generation.prefix = head[:HEAD_BYTES]
         if head:
             entry = FileCheckpoint(
@@ -750,14 +745,6 @@ class ContainerFollower:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
-    def flush_partials(self) -> None:
-        """Ship every partial line now (the container stopped; shipper stops)."""
-        pending = self._joiner.take_all()
-        if pending:
-            group = group_of(pending)
-            self._enrich(group)
-            self._pipeline.route(group, group.held, 0)
-
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _account_pinned(self) -> None:
@@ -825,17 +812,6 @@ class ContainerFollower:
             "Log file was truncated; reading it again from the start.",
             extra={"path": path, "offset": offset, "size": size},
         )
-
-
-def _entry_time(line: bytes | None) -> str:
-    """The normalized `time` of a json-file entry, or "" if it has none."""
-    if line is None:
-        return ""
-    try:
-        when = orjson.loads(line).get("time")
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-    return (normalize_time(when) if isinstance(when, str) else None) or ""
 
 
 def _final(identity: bytes) -> bool:
