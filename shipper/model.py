@@ -48,11 +48,20 @@ class Enrichment:
 
 
 class Hold(Protocol):
-    """A claim on a registered byte range (an AckTracker ticket) that must be released once."""
-
-    def hold(self) -> None: ...
+    """A claim on a registered byte range (or on its tail) that must be released exactly once."""
 
     def release(self) -> None: ...
+
+
+class RangeClaim(Hold, Protocol):
+    """A chunk's registered byte range, as its decoder sees it.
+
+    The group decoded from the chunk releases the range itself; a record left waiting for more
+    lines (a partial line, a multiline record) takes `hold_from(offset)` at its first line, so
+    the checkpoint may still move up to that line but not past it.
+    """
+
+    def hold_from(self, offset: int) -> Hold: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,9 @@ class RecordGroup:
     settlement: Settlement | None = None
     invalid_json: int = 0  # lines shipped as raw text because they were not Docker JSON entries
     invalid_time: int = 0  # entries whose time was unusable; they carry the read time
+    # The finished NDJSON line of each record, when processing built them (processors work on
+    # whole documents); None: the encoders build each record from the columns above.
+    documents: list[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.messages)

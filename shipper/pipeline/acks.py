@@ -14,18 +14,28 @@ from collections.abc import Callable
 
 
 class Ticket:
-    """A registered byte range `[.., end)` of one file, settled when its holds drop to zero."""
+    """A registered byte range `[.., end)` of one file, settled when its holds drop to zero.
 
-    __slots__ = ("_lane", "end", "holds")
+    `holds` counts parties that hold the whole range (the group decoded from it); `tails` are
+    parties that hold only from an offset on (a record still waiting for its next line), so the
+    file's settled offset may move up to the lowest such offset before the range settles.
+    """
+
+    __slots__ = ("_lane", "end", "holds", "tails")
 
     def __init__(self, lane: _Lane, end: int) -> None:
         self._lane = lane
         self.end = end
         self.holds = 1
+        self.tails: list[TailHold] = []
 
-    def hold(self) -> None:
-        """Add a party that must release this range before it settles (e.g. a joined record)."""
-        self.holds += 1
+    def hold_from(self, offset: int) -> TailHold:
+        """Keep `[offset, end)` unsettled until the returned hold is released."""
+        if offset >= self.end:
+            raise ValueError("a tail hold must start inside the range")
+        tail = TailHold(self, offset)
+        self.tails.append(tail)
+        return tail
 
     def release(self) -> None:
         if self.holds <= 0:
@@ -33,6 +43,27 @@ class Ticket:
         self.holds -= 1
         if self.holds == 0:
             self._lane.advance()
+
+    def _release_tail(self, tail: TailHold) -> None:
+        self.tails.remove(tail)
+        if self.holds == 0:
+            self._lane.advance()
+
+
+class TailHold:
+    """A hold on a ticket's range from `offset` on; released once."""
+
+    __slots__ = ("offset", "ticket")
+
+    def __init__(self, ticket: Ticket, offset: int) -> None:
+        self.ticket: Ticket | None = ticket
+        self.offset = offset
+
+    def release(self) -> None:
+        ticket, self.ticket = self.ticket, None
+        if ticket is None:
+            raise RuntimeError("tail hold released twice")
+        ticket._release_tail(self)
 
 
 class _Lane:
@@ -50,9 +81,16 @@ class _Lane:
     def advance(self) -> None:
         moved = False
         tickets = self.tickets
-        while tickets and tickets[0].holds == 0:
+        while tickets and tickets[0].holds == 0 and not tickets[0].tails:
             self.offset = tickets.popleft().end
             moved = True
+        if tickets and tickets[0].holds == 0:
+            # Only records waiting for more lines hold the first range: settle up to the first
+            # of them, so a restart reads those records again and nothing before them.
+            lowest = min(tail.offset for tail in tickets[0].tails)
+            if lowest > self.offset:
+                self.offset = lowest
+                moved = True
         if moved and not self.detached:
             self.on_advance(self.offset)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shipper.model import Chunk, Hold, RecordGroup, Settlement
+from shipper.model import Chunk, Hold, RangeClaim, RecordGroup, Settlement
 from shipper.pipeline.acks import AckTracker
 from shipper.pipeline.budget import ByteBudget
 from shipper.pipeline.output import OutputRunner
 from shipper.telemetry.counters import Telemetry
 
-# Decodes a chunk; the Hold is the chunk's own byte range, for records left waiting (a partial
-# line) to keep held beyond this group.
-Decoder = Callable[[Chunk, Hold], RecordGroup]
+# Decodes a chunk; the RangeClaim is the chunk's own byte range, for records left waiting (a
+# partial line, a multiline record) to keep held from their first line beyond this group.
+Decoder = Callable[[Chunk, RangeClaim], RecordGroup]
 
 
 class Pipeline:

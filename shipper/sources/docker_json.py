@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from shipper.model import Chunk, Hold, RecordGroup
+from shipper.model import Chunk, RangeClaim, RecordGroup
 from shipper.sources.partials import (
     FLAG_INVALID_TIME,
     FLAG_PARTIAL_HEAD_LOST,
@@ -89,7 +89,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
     *,
     read_time: str,
     joiner: PartialJoiner | None = None,
-    hold: Hold | None = None,
+    hold: RangeClaim | None = None,
     now: float = 0.0,
 ) -> RecordGroup:
     """Decode every line of `chunk`; `read_time` stands in for an entry without a valid time.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shipper.model import Hold, LogFile, RecordGroup
+from shipper.model import Hold, LogFile, RangeClaim, RecordGroup
 
 FLAG_TRUNCATED = "truncated"
 FLAG_PARTIAL_HEAD_LOST = "partial_head_lost"
@@ -33,6 +33,7 @@ class Partial:
     truncated: bool = False
     head_lost: bool = False
     holds: list[Hold] = field(default_factory=list)
+    held_in: str = ""  # handle of the file the last of `holds` is in
 
 
 class PartialJoiner:
@@ -57,12 +58,13 @@ class PartialJoiner:
         file: LogFile,
         offset: int,
         timestamp: str,
-        hold: Hold | None,
+        hold: RangeClaim | None,
         now: float,
         time_valid: bool = True,
         attrs: dict[str, object] | None = None,
     ) -> None:
-        """A part without newline: keep it, and keep its chunk's range held."""
+        """A part without newline: keep it, and keep the file held from where the line starts
+        (from this part, in a file where none of its earlier parts is)."""
         partial = self.pending.get(stream)
         if partial is None:
             partial = Partial(
@@ -78,9 +80,11 @@ class PartialJoiner:
                 partial.head_lost = True
             self.pending[stream] = partial
         self._append(partial, text)
-        if hold is not None and (not partial.holds or partial.holds[-1] is not hold):
-            hold.hold()
-            partial.holds.append(hold)
+        if hold is not None and partial.held_in != file.handle:
+            # One hold per file suffices: a file's checkpoint moves in order, so holding from
+            # the first part in it keeps every later part of it unsettled too.
+            partial.holds.append(hold.hold_from(offset))
+            partial.held_in = file.handle
 
     def finish(self, stream: str, text: str) -> Partial | None:
         """The part with the newline arrived: the whole line, or None if nothing was pending."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
-from shipper.model import Chunk, Hold, LogFile, RecordGroup
+from shipper.model import Chunk, LogFile, RangeClaim, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
 from shipper.processing.metadata import MetadataCache
 from shipper.sources.docker_json import decode_chunk, format_time_ns
@@ -599,7 +599,7 @@ class ContainerFollower:
                 entry.key, entry.offset, open_partials=streams
             )
 
-    def _decode(self, chunk: Chunk, hold: Hold) -> RecordGroup:
+    def _decode(self, chunk: Chunk, hold: RangeClaim) -> RecordGroup:
         group = decode_chunk(
             chunk,
             read_time=format_time_ns(time.time_ns()),

@@ -51,17 +51,70 @@ def test_reverse_order_release_advances_once_at_the_end() -> None:
     assert advances == [10]
 
 
-def test_a_ticket_held_twice_settles_after_both_releases() -> None:
+def test_a_tail_hold_lets_the_offset_reach_its_start_and_no_further() -> None:
     tracker, advances = tracked()
     t1 = tracker.register("f", 10)
     t2 = tracker.register("f", 20)
-    t1.hold()
+    waiting = t1.hold_from(6)  # a record from byte 6 waits for its next line
+    t1.release()  # the group decoded from t1 settled
+    assert advances == [6]
+    t2.release()
+    assert advances == [6]
+    waiting.release()
+    assert advances == [6, 20]
+    assert tracker.settled_offset("f") == 20
+
+
+def test_the_lowest_tail_hold_bounds_the_offset() -> None:
+    tracker, advances = tracked()
+    t1 = tracker.register("f", 100)
+    later = t1.hold_from(70)
+    earlier = t1.hold_from(40)
     t1.release()
-    assert advances == []
+    assert advances == [40]
+    earlier.release()
+    assert advances == [40, 70]
+    later.release()
+    assert advances == [40, 70, 100]
+
+
+def test_a_tail_hold_on_a_later_range_waits_for_the_earlier_ranges() -> None:
+    tracker, advances = tracked()
+    t1 = tracker.register("f", 10)
+    t2 = tracker.register("f", 20)
+    waiting = t2.hold_from(15)
     t2.release()
     assert advances == []
     t1.release()
-    assert advances == [20]
+    assert advances == [15]
+    waiting.release()
+    assert advances == [15, 20]
+
+
+def test_a_tail_hold_at_the_start_of_its_range_moves_nothing() -> None:
+    tracker, advances = tracked()
+    t1 = tracker.register("f", 10)
+    waiting = t1.hold_from(0)
+    t1.release()
+    assert advances == []
+    waiting.release()
+    assert advances == [10]
+
+
+def test_a_tail_hold_released_twice_raises() -> None:
+    tracker, _ = tracked()
+    t1 = tracker.register("f", 10)
+    waiting = t1.hold_from(5)
+    waiting.release()
+    with pytest.raises(RuntimeError, match="released twice"):
+        waiting.release()
+
+
+def test_a_tail_hold_outside_the_range_is_refused() -> None:
+    tracker, _ = tracked()
+    t1 = tracker.register("f", 10)
+    with pytest.raises(ValueError, match="inside the range"):
+        t1.hold_from(10)
 
 
 def test_several_files_are_independent() -> None:
@@ -142,8 +195,6 @@ def test_releasing_more_than_held_raises_for_a_held_ticket() -> None:
     tracker, advances = tracked()
     tracker.register("f", 5)  # an earlier range keeps the ticket queued
     ticket = tracker.register("f", 10)
-    ticket.hold()
-    ticket.release()
     ticket.release()
     with pytest.raises(RuntimeError, match="released more often than held"):
         ticket.release()

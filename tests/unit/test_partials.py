@@ -17,7 +17,7 @@ from shipper.docker_writer import (
     encode_entry,
     split_output,
 )
-from shipper.model import Chunk, Hold, LogFile, RecordGroup
+from shipper.model import Chunk, Hold, LogFile, RangeClaim, RecordGroup
 from shipper.pipeline.acks import AckTracker
 from shipper.sources.docker_json import FLAG_INVALID_TIME, decode_chunk, format_time_ns
 from shipper.sources.partials import (
@@ -54,15 +54,31 @@ class CountingHold:
         self.name = name
         self.holds = 0
         self.releases = 0
+        self.held_from: list[int] = []  # the offsets tail holds were taken from
 
-    def hold(self) -> None:
+    def hold_from(self, offset: int) -> Hold:
         self.holds += 1
+        self.held_from.append(offset)
+        return _Tail(self)
 
     def release(self) -> None:
         self.releases += 1
 
     def __repr__(self) -> str:
         return f"CountingHold({self.name!r}, holds={self.holds}, releases={self.releases})"
+
+
+class _Tail:
+    def __init__(self, parent: CountingHold) -> None:
+        self.parent = parent
+
+    def release(self) -> None:
+        self.parent.releases += 1
+
+
+def owners(holds: list[Hold]) -> list[CountingHold]:
+    """The stand-in tickets the tail holds in `holds` were taken from."""
+    return [hold.parent if isinstance(hold, _Tail) else hold for hold in holds]  # type: ignore[misc]
 
 
 def t(i: int = 0) -> str:
@@ -90,7 +106,7 @@ def decode(
     start: int,
     data: bytes,
     joiner: PartialJoiner | None,
-    hold: Hold | None = None,
+    hold: RangeClaim | None = None,
     *,
     now: float = 0.0,
 ) -> RecordGroup:
@@ -142,7 +158,7 @@ def test_split_line_in_one_chunk_is_one_record() -> None:
     assert (group.start, group.end) == (start, start + len(data))
     # Its own chunk held once for the wait, released once more with the group: balanced.
     assert hold.holds == 1
-    assert group.held == [hold]
+    assert owners(group.held) == [hold]
     assert joiner.pending == {}
 
 
@@ -190,7 +206,7 @@ def test_split_across_two_chunks_of_one_file() -> None:
     assert group2.offsets == [len(line0), len(chunk1) + len(p3)]
     assert group2.timestamps == [t(1), t(2)]
     assert group2.heads == {}
-    assert group2.held == [hold1]
+    assert owners(group2.held) == [hold1]
     assert hold1.holds == 1  # two parts in chunk 1, held once
     assert hold2.holds == 0  # the last part does not wait
 
@@ -215,17 +231,18 @@ def test_split_across_a_rotation_is_joined_in_the_later_group() -> None:
     assert group_new.timestamps == [t(1), t(2)]
     assert group_new.heads == {0: FILE_OLD}
     assert group_new.heads[0] is FILE_OLD
-    assert hold_old in group_new.held
+    assert hold_old in owners(group_new.held)
     assert hold_old.holds == 1
     # The middle part waited in the new chunk, so that range is held too (and listed once).
-    assert group_new.held == [hold_old, hold_new]
+    assert owners(group_new.held) == [hold_old, hold_new]
     assert hold_new.holds == 1
 
 
 @pytest.mark.parametrize("order", ["old group first", "new group first"])
 def test_rotation_checkpoint_waits_for_the_joined_record(order: str) -> None:
     """With real tickets: the old file's settled offset does not pass part 1 until the group
-    holding the joined record settled, whichever group settles first."""
+    holding the joined record settled, whichever group settles first; it may reach part 1 (the
+    line before it was delivered), so a restart reads only the unfinished record again."""
     old_lines = encode_entry(b"old\n", "stdout", T0)
     p1, p2, p3 = parts_of(LONG + b"\n")
     old_chunk = old_lines + p1
@@ -250,13 +267,15 @@ def test_rotation_checkpoint_waits_for_the_joined_record(order: str) -> None:
         else ((group_new, ticket_new), (group_old, ticket_old))
     )
     settle(*first)
-    assert tracker.settled_offset(FILE_OLD.handle) <= part1_offset
-    assert settled[FILE_OLD.handle] == []
+    if order == "old group first":
+        assert settled[FILE_OLD.handle] == [part1_offset]
+    else:
+        assert settled[FILE_OLD.handle] == []
     settle(*second)
 
     assert tracker.settled_offset(FILE_OLD.handle) == old_start + len(old_chunk)
     assert tracker.settled_offset(FILE_NEW.handle) == len(new_chunk)
-    assert settled[FILE_OLD.handle] == [old_start + len(old_chunk)]
+    assert settled[FILE_OLD.handle][-1] == old_start + len(old_chunk)
     assert tracker.unsettled(FILE_OLD.handle) == tracker.unsettled(FILE_NEW.handle) == 0
 
 
@@ -275,7 +294,8 @@ def test_rotation_checkpoint_does_not_pass_part_one_while_the_new_group_is_unset
 
     settle(group_old, ticket_old)  # "old" delivered; the joined record is still in flight
 
-    assert tracker.settled_offset(FILE_OLD.handle) == 0
+    # Up to part 1, not past it: a restart now reads the record from its first part again.
+    assert tracker.settled_offset(FILE_OLD.handle) == len(old_lines)
     assert tracker.unsettled(FILE_OLD.handle) == 1
 
 
@@ -342,7 +362,7 @@ def test_interleaved_streams_are_joined_independently() -> None:
     ]
     assert group.timestamps == [t(2), t(1), t(3), t(4)]
     assert hold.holds == 2  # one wait per stream, each released with the group
-    assert group.held == [hold, hold]
+    assert owners(group.held) == [hold, hold]
     assert joiner.pending == {}
 
 
@@ -363,8 +383,11 @@ def test_interleaved_streams_across_chunks() -> None:
     assert group1.offsets == [len(o1)]
     assert group2.messages == ["err b", out_line[:-1].decode()]
     assert group2.offsets == [len(chunk1) + len(o2), 0]
-    assert group2.held == [hold1, hold2]
-    assert (hold1.holds, hold2.holds) == (1, 1)
+    # One hold in the file, from the first part: the file's checkpoint moves in order, so it
+    # keeps the later parts in chunk 2 unsettled as well.
+    assert owners(group2.held) == [hold1]
+    assert hold1.held_from == [0]
+    assert hold2.holds == 0
 
 
 # --- orphaned tails -----------------------------------------------------------------------------
@@ -442,7 +465,7 @@ def test_part_without_continuation_expires_after_the_timeout() -> None:
     assert flushed.streams == ["stdout"]
     assert flushed.offsets == [start + len(before)]
     assert flushed.timestamps == [t(5)]
-    assert flushed.held == [hold]
+    assert owners(flushed.held) == [hold]
     assert flushed.flags == {}
     assert flushed.heads == {}
     assert flushed.file is FILE_NEW
@@ -463,7 +486,7 @@ def test_flush_timeout_counts_from_the_first_part() -> None:
     flushed = group_of(expired)
     assert flushed.messages == [LONG[: 2 * MAX_ENTRY_BYTES].decode()]
     assert flushed.offsets == [0]
-    assert [h.name for h in flushed.held if isinstance(h, CountingHold)] == ["1", "2"]
+    assert [h.name for h in owners(flushed.held)] == ["1"]  # one hold per file suffices
 
 
 def test_only_due_partials_expire_and_take_all_takes_the_rest() -> None:
@@ -493,7 +516,7 @@ def test_group_of_several_partials_names_each_head() -> None:
     assert flushed.streams == ["stdout", "stderr"]
     assert flushed.offsets == [70, 0]
     assert flushed.heads == {1: FILE_NEW}
-    assert flushed.held == [hold_old, hold_new]
+    assert owners(flushed.held) == [hold_old, hold_new]
 
 
 def test_continuation_after_expiry_is_a_record_of_its_own() -> None:
