@@ -27,6 +27,7 @@ from shipper.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ORIGIN",
+    "AddFieldsConfig",
     "BatchConfig",
     "ByteSize",
     "CheckpointConfig",
@@ -34,15 +35,30 @@ __all__ = [
     "ConfigError",
     "ConsoleOutputConfig",
     "ContainerMatch",
+    "CriSourceConfig",
     "DeadLetterConfig",
+    "DecodeJsonConfig",
     "DockerJsonSourceConfig",
+    "DropFieldsConfig",
     "Duration",
     "FileOutputConfig",
+    "FilesSourceConfig",
+    "LogLevelConfig",
     "LoggingConfig",
+    "MultilineConfig",
+    "MultilineParserConfig",
+    "MultilineRule",
     "OutputConfig",
     "PipelineConfig",
+    "PodMatch",
+    "ProcessorConfig",
+    "RedactConfig",
+    "Regex",
+    "RegexParserConfig",
+    "RenameFieldsConfig",
     "RetryConfig",
     "SourceConfig",
+    "TimestampConfig",
     "load_config",
     "parse_config",
 ]
@@ -189,6 +205,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+def _compile(value: object) -> re.Pattern[str]:
+    # The pattern is not quoted in the error: configs are shared, and values are never echoed.
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("config_regex", "expected a regular expression (a string)")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise PydanticCustomError(
+            "config_regex",
+            "invalid regular expression: {reason} at position {position}",
+            {"reason": exc.msg, "position": exc.pos if exc.pos is not None else 0},
+        ) from None
+
+
+Regex = Annotated[re.Pattern[str], BeforeValidator(_compile)]
+"""A Python regular expression (the `re` module's syntax), compiled when the config is read."""
+
+
 class ContainerMatch(_Model):
     """Containers matching any of these shell-style globs (`*`, `?`, `[...]`)."""
 
@@ -197,11 +233,222 @@ class ContainerMatch(_Model):
     labels: list[str] = Field(default_factory=list)  # "key" (label set) or "key=value-glob"
 
 
-class DockerJsonSourceConfig(_Model):
-    """Container logs written by Docker's json-file driver: <root>/<id>/<id>-json.log*."""
+# -- multiline ------------------------------------------------------------------------------------
 
-    type: Literal["docker_json"]
-    root: _Path = Path("/var/lib/docker/containers")
+MULTILINE_PRESETS = ("java", "python", "go")
+"""Built-in multiline parsers: the stack traces of these languages become one record."""
+
+
+class MultilineParserConfig(_Model):
+    """A custom multiline parser: which lines start a record and which continue one.
+
+    With only `start`, every line that does not match it continues the record before it; with only
+    `continue`, every line that does not match it starts a record; with both, a line matching
+    neither is a record of its own.
+    """
+
+    start: Regex | None = None
+    continue_: Regex | None = Field(default=None, alias="continue")
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True
+    )
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> Self:
+        if self.start is None and self.continue_ is None:
+            raise PydanticCustomError(
+                "config_multiline_pattern", "give `start`, `continue` or both"
+            )
+        return self
+
+
+class MultilineRule(_Model):
+    """Containers matching `match` use `parser` (first matching rule wins)."""
+
+    match: ContainerMatch
+    parser: str  # a preset or a name from `parsers`; "none" turns multiline off
+
+
+class MultilineConfig(_Model):
+    """Joins the lines of one event (a stack trace) into one record, per container and stream."""
+
+    # The parser for containers no rule or label chooses: a preset, a name from `parsers`, or none.
+    default: str = "none"
+    parsers: dict[_Name, MultilineParserConfig] = Field(default_factory=dict)
+    rules: list[MultilineRule] = Field(default_factory=list)
+    # A container label whose value names the parser for that container. It may name only a
+    # preset, a parser defined above or "none": a label can never bring its own pattern.
+    label: str | None = "shipper.multiline"
+    max_lines: int = Field(default=500, ge=2)
+    max_bytes: Annotated[ByteSize, AfterValidator(_at_least(KiB, "1KiB"))] = MiB
+    # A record waits this long for its next line before it ships: the last trace of a container
+    # that then goes quiet must not wait for its next log line.
+    flush_timeout: _PositiveDuration = 2.0
+
+    @model_validator(mode="after")
+    def _known_parsers(self) -> Self:
+        known = {*MULTILINE_PRESETS, "none", *self.parsers}
+        problems = [
+            f"parsers.{name}: a built-in parser has this name"
+            for name in (*MULTILINE_PRESETS, "none")
+            if name in self.parsers
+        ]
+        if self.default not in known:
+            problems.append("default: no parser of this name (presets: java, python, go, none)")
+        problems.extend(
+            f"rules[{index}].parser: no parser of this name"
+            for index, rule in enumerate(self.rules)
+            if rule.parser not in known
+        )
+        if problems:
+            raise PydanticCustomError(
+                "config_multiline", "{problems}", {"problems": "; ".join(problems)}
+            )
+        return self
+
+
+# -- processing -----------------------------------------------------------------------------------
+
+_FieldPath = Annotated[str, Field(min_length=1, pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+"""A dotted path into the record (`http.request.method`)."""
+
+
+class DecodeJsonConfig(_Model):
+    """Decodes a message that is a JSON object into fields of the record."""
+
+    field: _FieldPath = "message"
+    # Where the decoded keys go: "" puts them at the top of the record, beside @timestamp.
+    target: str = ""
+    # Whether decoded keys replace fields the record already has (shipper's own are never replaced
+    # but `message`, and `@timestamp` through the timestamp processor only).
+    overwrite_keys: bool = False
+    # A decoded key whose value becomes the record's message (e.g. "msg"); null keeps the line.
+    message_key: str | None = None
+    # A message that is not a JSON object is shipped as it is, flagged `json_decode_failed`.
+    flag_on_failure: bool = True
+
+
+class RegexParserConfig(_Model):
+    """Takes the named groups of a regular expression as fields of the record."""
+
+    field: _FieldPath = "message"
+    pattern: Regex
+    target: str = ""
+    flag_on_failure: bool = True  # a message the pattern does not match is flagged `regex_no_match`
+
+    @model_validator(mode="after")
+    def _named_groups(self) -> Self:
+        if not self.pattern.groupindex:
+            raise PydanticCustomError(
+                "config_regex_groups", "the pattern has no named group (?P<name>...)"
+            )
+        return self
+
+
+TIME_FORMATS = ("rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
+
+
+class TimestampConfig(_Model):
+    """Sets @timestamp from a field the application wrote; Docker's own time moves to
+    `event.created` (it is when dockerd read the line, not when the event happened)."""
+
+    field: _FieldPath
+    # Tried in order: rfc3339 (ISO 8601 with a zone), unix, unix_ms, unix_us, unix_ns, or a
+    # strptime layout such as "%d/%b/%Y:%H:%M:%S %z" (a layout without a zone is read as UTC).
+    formats: list[str] = Field(default_factory=lambda: ["rfc3339"], min_length=1)
+    flag_on_failure: bool = True  # a value no format reads is flagged `timestamp_failed`
+    remove_field: bool = False
+
+
+class LogLevelConfig(_Model):
+    """Sets `log.level` (lowercase) from a field the application wrote."""
+
+    field: _FieldPath
+    remove_field: bool = False
+
+
+REDACTION_PRESETS = ("credit_card", "bearer_token", "aws_access_key", "password", "email")
+
+
+class RedactConfig(_Model):
+    """Replaces what matches before the record leaves the host."""
+
+    fields: list[_FieldPath] = Field(default_factory=lambda: ["message"], min_length=1)
+    presets: list[Literal["credit_card", "bearer_token", "aws_access_key", "password", "email"]] = (
+        Field(default_factory=list)
+    )
+    patterns: list[Regex] = Field(default_factory=list)
+    replacement: str = "[REDACTED]"
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.presets and not self.patterns:
+            raise PydanticCustomError(
+                "config_redact", "give `presets`, `patterns` or both: nothing would be redacted"
+            )
+        return self
+
+
+class AddFieldsConfig(_Model):
+    """Fields added to every record, e.g. {"service.name": "checkout"}."""
+
+    fields: dict[_FieldPath, Any] = Field(min_length=1)
+    overwrite: bool = False
+
+
+class DropFieldsConfig(_Model):
+    """Fields removed from every record (those it has)."""
+
+    fields: list[_FieldPath] = Field(min_length=1)
+
+
+class RenameFieldsConfig(_Model):
+    """Fields moved to another name, `{from: to}`, in the order given."""
+
+    fields: dict[_FieldPath, _FieldPath] = Field(min_length=1)
+    overwrite: bool = False
+
+
+class ProcessorConfig(_Model):
+    """One processing step: exactly one of these keys, as in `- decode_json: {}`."""
+
+    decode_json: DecodeJsonConfig | None = None
+    regex: RegexParserConfig | None = None
+    timestamp: TimestampConfig | None = None
+    log_level: LogLevelConfig | None = None
+    redact: RedactConfig | None = None
+    add_fields: AddFieldsConfig | None = None
+    drop_fields: DropFieldsConfig | None = None
+    rename_fields: RenameFieldsConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "config_processor",
+                "a processor is exactly one of: {names}",
+                {"names": ", ".join(type(self).model_fields)},
+            )
+        return self
+
+    @property
+    def step(self) -> BaseModel:
+        """The one step configured here."""
+        for name in type(self).model_fields:
+            value: BaseModel | None = getattr(self, name)
+            if value is not None:
+                return value
+        raise AssertionError("validated to hold exactly one step")
+
+
+# -- sources ---------------------------------------------------------------------------------------
+
+
+class _TailingSourceBase(_Model):
+    """Options of every source that follows files."""
+
     # Only for files present at the very first start (no checkpoint file yet); later files are
     # always read from their beginning, otherwise lines written between two runs would be lost.
     start_at: Literal["beginning", "end"] = "beginning"
@@ -210,17 +457,26 @@ class DockerJsonSourceConfig(_Model):
     read_chunk_size: Annotated[ByteSize, AfterValidator(_at_least(4 * KiB, "4KiB"))] = 256 * KiB
     # How often a file at its end is checked for growth.
     poll_interval: _PositiveDuration = 0.25
-    # Docker splits lines over 16 KiB into parts; a part waits this long for the rest (the last
-    # output of a container without newline looks the same) before it ships as it is.
+    # A line split into parts (Docker's 16 KiB parts, CRI's P entries) waits this long for the rest
+    # (the last output of a container without newline looks the same) before it ships as it is.
     partial_flush_timeout: _PositiveDuration = 2.0
     # A rejoined line longer than this is cut and flagged `truncated`.
     max_message_bytes: Annotated[ByteSize, AfterValidator(_at_least(16 * KiB, "16KiB"))] = MiB
-    # Rotated files Docker deleted while shipper still reads them stay on disk until drained.
-    # null: no limit (nothing is lost while the files existed). A size: past it, per container,
-    # the oldest such files are given up and their unread bytes counted as lost.
+    # Rotated files deleted while shipper still reads them stay on disk until drained.
+    # null: no limit (nothing is lost while the files existed). A size: past it, per followed
+    # file, the oldest such files are given up and their unread bytes counted as lost.
     max_pinned_bytes: ByteSize | None = None
     # `host.name` on every record; null: NODE_NAME (Kubernetes downward API) or the hostname.
     host_name: str | None = None
+    multiline: MultilineConfig = Field(default_factory=MultilineConfig)
+    processors: list[ProcessorConfig] = Field(default_factory=list)
+
+
+class DockerJsonSourceConfig(_TailingSourceBase):
+    """Container logs written by Docker's json-file driver: <root>/<id>/<id>-json.log*."""
+
+    type: Literal["docker_json"]
+    root: _Path = Path("/var/lib/docker/containers")
     # Label keys with dots become underscores (`app.kubernetes.io/name` -> `app_kubernetes_io/name`)
     # so `app` and `app.kubernetes.io/name` cannot clash in an Elasticsearch mapping.
     dedot_labels: bool = True
@@ -234,10 +490,51 @@ class DockerJsonSourceConfig(_Model):
     include: ContainerMatch | None = None
     exclude: ContainerMatch = Field(default_factory=ContainerMatch)
     opt_out_label: str = "shipper.exclude"
+    # Docker Engine API socket (e.g. unix:///var/run/docker.sock); null: files only. With it,
+    # container events make renames, stops and removals take effect at once.
+    docker_host: str | None = None
 
 
-# One member for now; a new source type is a new class added to this union.
-SourceConfig = Annotated[DockerJsonSourceConfig, Field(discriminator="type")]
+class PodMatch(_Model):
+    """Pod containers matching any of these shell-style globs."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    pods: list[str] = Field(default_factory=list)
+    containers: list[str] = Field(default_factory=list)
+
+
+class CriSourceConfig(_TailingSourceBase):
+    """Kubernetes container logs written by the kubelet for containerd or CRI-O:
+    <root>/<namespace>_<pod>_<uid>/<container>/<restart>.log*."""
+
+    type: Literal["cri"]
+    root: _Path = Path("/var/log/pods")
+    # Where a docker_json source reads: a CRI file that is a symlink into it is left to that
+    # source, so no line is shipped twice (dockershim nodes link pod logs to Docker's files).
+    docker_root: _Path | None = Path("/var/lib/docker/containers")
+    include: PodMatch | None = None
+    exclude: PodMatch = Field(default_factory=PodMatch)
+
+
+class FilesSourceConfig(_TailingSourceBase):
+    """Plain-text or NDJSON files named by globs, e.g. on a volume shared with an application
+    container (sidecar mode); rotated files beside them (`app.log.1`, `app.log.2.gz`,
+    `app.log-20240101`) are followed too."""
+
+    type: Literal["files"]
+    paths: list[str] = Field(min_length=1)  # globs of the live files, e.g. /logs/*.log
+    exclude: list[str] = Field(default_factory=list)  # globs of paths never read
+    # text: each line is the message; ndjson: each line is a JSON object decoded into the record
+    # (a line that is not is shipped as text, flagged `json_decode_failed`).
+    format: Literal["text", "ndjson"] = "text"
+    # Fields every record of this source carries, e.g. {"service.name": "checkout",
+    # "kubernetes.pod.name": "${POD_NAME}"}: the metadata a sidecar cannot read from Docker.
+    fields: dict[_FieldPath, Any] = Field(default_factory=dict)
+
+
+SourceConfig = Annotated[
+    DockerJsonSourceConfig | CriSourceConfig | FilesSourceConfig, Field(discriminator="type")
+]
 
 
 class BatchConfig(_Model):
