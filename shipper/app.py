@@ -12,8 +12,10 @@ from shipper.checkpoints import CheckpointStore
 from shipper.config import (
     Config,
     ConsoleOutputConfig,
+    CriSourceConfig,
     DockerJsonSourceConfig,
     FileOutputConfig,
+    FilesSourceConfig,
     OutputConfig,
     SourceConfig,
 )
@@ -28,6 +30,8 @@ from shipper.sinks.console import ConsoleSink
 from shipper.sinks.dead_letter import DeadLetterFile
 from shipper.sinks.file import FileSink
 from shipper.sources.docker import DockerJsonSource
+from shipper.sources.files import FilesSource
+from shipper.sources.kubernetes import CriSource
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
@@ -69,9 +73,33 @@ def _docker_json_source(
     return DockerJsonSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
 
 
+def _cri_source(
+    name: str,
+    config: SourceConfig,
+    store: CheckpointStore,
+    pipeline: Pipeline,
+    telemetry: Telemetry,
+) -> Source:
+    assert isinstance(config, CriSourceConfig)  # noqa: S101 - the registry key guarantees it
+    return CriSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+
+
+def _files_source(
+    name: str,
+    config: SourceConfig,
+    store: CheckpointStore,
+    pipeline: Pipeline,
+    telemetry: Telemetry,
+) -> Source:
+    assert isinstance(config, FilesSourceConfig)  # noqa: S101 - the registry key guarantees it
+    return FilesSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+
+
 # Source types by their `type:` in the config, like SINKS.
 SOURCES: dict[str, Callable[[str, SourceConfig, CheckpointStore, Pipeline, Telemetry], Source]] = {
     "docker_json": _docker_json_source,
+    "cri": _cri_source,
+    "files": _files_source,
 }
 
 

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import orjson
 import yaml
 from pydantic import (
     AfterValidator,
@@ -313,6 +314,59 @@ class MultilineConfig(_Model):
 _FieldPath = Annotated[str, Field(min_length=1, pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
 """A dotted path into the record (`http.request.method`)."""
 
+_FIELD_PATH_RE = re.compile(r"[^.\s]+(\.[^.\s]+)*")
+
+SHIPPER_FIELDS = frozenset(
+    {
+        "@timestamp",
+        "message",
+        "stream",
+        "container",
+        "log",
+        "host",
+        "agent",
+        "ecs",
+        "kubernetes",
+        "docker",
+        "event",
+    }
+)
+"""Top-level fields shipper writes itself: processors write under them only at stated paths."""
+
+CONFLICT_FIELDS = ("json_conflicts", "regex_conflicts")
+"""Where decode_json and regex keep a key that would have replaced a field of the record."""
+
+
+def _reserved_head(path: str, allowed: tuple[str, ...] = ()) -> str | None:
+    """The reserved top-level field `path` would write under (None: free, or `allowed`)."""
+    if path in allowed:
+        return None
+    head = path.partition(".")[0]
+    return head if head in SHIPPER_FIELDS or head in CONFLICT_FIELDS else None
+
+
+def _reserved_error(option: str, head: str, allowed: tuple[str, ...] = ()) -> PydanticCustomError:
+    # Names only the reserved field (ours), never the user's value.
+    exception = f" except at {' or '.join(allowed)}" if allowed else ""
+    return PydanticCustomError(
+        "config_reserved_field",
+        "{option}: `{head}` is written by shipper itself; processors may not write under it"
+        "{exception}",
+        {"option": option, "head": head, "exception": exception},
+    )
+
+
+def _check_target(target: str) -> None:
+    if not target:
+        return
+    if _FIELD_PATH_RE.fullmatch(target) is None:
+        raise PydanticCustomError(
+            "config_target", 'target: expected a dotted field path, or "" for the top level'
+        )
+    head = _reserved_head(target)
+    if head is not None:
+        raise _reserved_error("target", head)
+
 
 class DecodeJsonConfig(_Model):
     """Decodes a message that is a JSON object into fields of the record."""
@@ -328,6 +382,15 @@ class DecodeJsonConfig(_Model):
     # A message that is not a JSON object is shipped as it is, flagged `json_decode_failed`.
     flag_on_failure: bool = True
 
+    @model_validator(mode="after")
+    def _valid_target(self) -> Self:
+        _check_target(self.target)
+        if self.message_key == "":
+            raise PydanticCustomError(
+                "config_message_key", "message_key: must not be empty (null keeps the line)"
+            )
+        return self
+
 
 class RegexParserConfig(_Model):
     """Takes the named groups of a regular expression as fields of the record."""
@@ -339,6 +402,7 @@ class RegexParserConfig(_Model):
 
     @model_validator(mode="after")
     def _named_groups(self) -> Self:
+        _check_target(self.target)
         if not self.pattern.groupindex:
             raise PydanticCustomError(
                 "config_regex_groups", "the pattern has no named group (?P<name>...)"
@@ -359,6 +423,17 @@ class TimestampConfig(_Model):
     formats: list[str] = Field(default_factory=lambda: ["rfc3339"], min_length=1)
     flag_on_failure: bool = True  # a value no format reads is flagged `timestamp_failed`
     remove_field: bool = False
+
+    @model_validator(mode="after")
+    def _known_formats(self) -> Self:
+        for index, time_format in enumerate(self.formats):
+            if time_format not in TIME_FORMATS and "%" not in time_format:
+                raise PydanticCustomError(
+                    "config_time_format",
+                    "formats[{index}]: expected one of {names} or a strptime layout (with %)",
+                    {"index": index, "names": ", ".join(TIME_FORMATS)},
+                )
+        return self
 
 
 class LogLevelConfig(_Model):
@@ -387,6 +462,12 @@ class RedactConfig(_Model):
             raise PydanticCustomError(
                 "config_redact", "give `presets`, `patterns` or both: nothing would be redacted"
             )
+        try:
+            self.replacement.encode()
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "config_replacement", "replacement: not valid Unicode text (a lone surrogate)"
+            ) from None
         return self
 
 
@@ -396,11 +477,36 @@ class AddFieldsConfig(_Model):
     fields: dict[_FieldPath, Any] = Field(min_length=1)
     overwrite: bool = False
 
+    @model_validator(mode="after")
+    def _writable(self) -> Self:
+        allowed = ("log.level",)
+        for path in self.fields:
+            head = _reserved_head(path, allowed)
+            if head is not None:
+                raise _reserved_error("fields", head, allowed)
+        try:
+            orjson.dumps(self.fields)
+        except orjson.JSONEncodeError:
+            # Caught here, not on the first record: a YAML set, an integer past 64 bits...
+            raise PydanticCustomError(
+                "config_json_value", "fields: a value cannot be written as JSON"
+            ) from None
+        return self
+
 
 class DropFieldsConfig(_Model):
     """Fields removed from every record (those it has)."""
 
     fields: list[_FieldPath] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keeps_timestamp(self) -> Self:
+        # Elasticsearch data streams refuse a document without @timestamp.
+        if "@timestamp" in self.fields:
+            raise PydanticCustomError(
+                "config_drop_timestamp", "fields: @timestamp cannot be dropped"
+            )
+        return self
 
 
 class RenameFieldsConfig(_Model):
@@ -408,6 +514,19 @@ class RenameFieldsConfig(_Model):
 
     fields: dict[_FieldPath, _FieldPath] = Field(min_length=1)
     overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _writable(self) -> Self:
+        allowed = ("message", "log.level")
+        for source, target in self.fields.items():
+            if source == "@timestamp":
+                raise PydanticCustomError(
+                    "config_rename_timestamp", "fields: @timestamp cannot be renamed"
+                )
+            head = _reserved_head(target, allowed)
+            if head is not None:
+                raise _reserved_error("fields", head, allowed)
+        return self
 
 
 class ProcessorConfig(_Model):

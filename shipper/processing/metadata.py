@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,15 +236,16 @@ class Selection:
         a filter must not drop lines because a file could not be read."""
         if config is None:
             return True
-        name, image, labels = _facts(config)
+        name, image, labels = container_facts(config)
         if labels.get(self.opt_out_label, "").lower() == "true":
             return False
-        if self.include is not None and not _matches(self.include, name, image, labels):
+        if self.include is not None and not matches_globs(self.include, name, image, labels):
             return False
-        return not _matches(self.exclude, name, image, labels)
+        return not matches_globs(self.exclude, name, image, labels)
 
 
-def _facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+def container_facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """(name without the leading /, image, labels) of a parsed config.v2.json."""
     raw_name = config.get("Name")
     name = raw_name.lstrip("/") if isinstance(raw_name, str) else ""
     raw_settings = config.get("Config")
@@ -255,12 +256,13 @@ def _facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
     return name, str(image), labels
 
 
-def _matches(
+def matches_globs(
     patterns: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
     name: str,
     image: str,
-    labels: dict[str, str],
+    labels: Mapping[str, str],
 ) -> bool:
+    """Whether any glob matches: (names, images, labels as "key" or "key=value-glob")."""
     names, images, label_patterns = patterns
     if any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
         return True

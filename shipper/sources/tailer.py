@@ -17,16 +17,16 @@ import functools
 import itertools
 import logging
 import os
-import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
-from shipper.model import Chunk, LogFile, RangeClaim, RecordGroup
+from shipper.model import Chunk, Enrichment, LogFile, RangeClaim, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
-from shipper.processing.metadata import MetadataCache
 from shipper.sources.docker_json import decode_chunk, format_time_ns
 from shipper.sources.identity import (
     HEAD_BYTES,
@@ -37,12 +37,12 @@ from shipper.sources.identity import (
 )
 from shipper.sources.logfile import LogReader, open_log
 from shipper.sources.partials import PartialJoiner, group_of
+from shipper.sources.rotation import DockerRotation, Rotation
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
 
 LOG_SUFFIX = "-json.log"
-_ROTATED = re.compile(r"\.(\d+)(\.gz)?")
 _handles = itertools.count(1)
 
 
@@ -80,6 +80,49 @@ class TailSettings:
     # own lines are at most 16 KiB of text (about 100 KiB escaped), so only a foreign file gets
     # here, and waiting for its newline would hold all memory.
     max_line_bytes: int = 4 * 1024 * 1024
+
+
+class ChunkDecoder(Protocol):
+    """Decodes the lines of one chunk in a source's format (docker_json.decode_chunk is one)."""
+
+    def __call__(
+        self,
+        chunk: Chunk,
+        *,
+        read_time: str,
+        joiner: PartialJoiner | None = None,
+        hold: RangeClaim | None = None,
+        now: float = 0.0,
+    ) -> RecordGroup: ...
+
+
+class RecordJoiner(Protocol):
+    """Joins the records of one event (multiline), keeping state between chunks."""
+
+    def apply(self, group: RecordGroup, claim: RangeClaim | None, now: float) -> RecordGroup: ...
+
+    def expired(self, now: float, timeout: float) -> RecordGroup | None: ...
+
+    def take_all(self) -> RecordGroup | None: ...
+
+
+class GroupProcessor(Protocol):
+    """Processing steps run on every finished group before it goes to the outputs."""
+
+    def apply(self, group: RecordGroup) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shaping:
+    """How one follower turns chunks into the records it ships; built per followed file, since
+    the multiline joiner keeps that file's state."""
+
+    decode: ChunkDecoder = decode_chunk
+    # The container's (or file's) metadata fields, looked up per chunk.
+    enrich: Callable[[], Enrichment | None] | None = None
+    multiline: RecordJoiner | None = None
+    multiline_timeout: float = 2.0
+    processors: GroupProcessor | None = None
 
 
 class _Generation:
@@ -125,7 +168,9 @@ class _Generation:
 
 
 class ContainerFollower:
-    """Follows the log files of one container directory; run() until cancelled or it is gone."""
+    """Follows one log file and its rotated generations in one directory (a Docker container's
+    json-file log, a Kubernetes container's N.log, a sidecar's app.log); run() until cancelled
+    or the directory is gone."""
 
     def __init__(
         self,
@@ -137,13 +182,15 @@ class ContainerFollower:
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
-        metadata: MetadataCache | None = None,
+        rotation: Rotation | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.source = source
-        self._metadata = metadata
         self.directory = directory
         self.container_id = container_id
-        self.base = container_id + LOG_SUFFIX
+        self.rotation = rotation or DockerRotation(container_id + LOG_SUFFIX)
+        self._shaping = shaping or Shaping()
+        self.base = self.rotation.base
         self.current_path = os.path.join(directory, self.base)
         self._settings = settings
         self._store = store
@@ -335,26 +382,10 @@ class ContainerFollower:
         pending.insert(position, generation)
 
     def _generations(self, names: list[str]) -> list[tuple[int, str]]:
-        """This container's log files, oldest first, as (rotation index, path); 0 is current.
-
-        A `.N.gz` is left out while its uncompressed twin `.N` exists: Docker writes the gzip in
-        place and deletes `.N` only once it is complete.
-        """
-        found: dict[int, tuple[bool, str]] = {}
-        for name in names:
-            if name == self.base:
-                found[0] = (False, name)
-            elif name.startswith(self.base):
-                match = _ROTATED.fullmatch(name, len(self.base))
-                if match is None:
-                    continue
-                index, compressed = int(match[1]), match[2] is not None
-                if index in found and not found[index][0]:
-                    continue  # the plain twin is already there
-                found[index] = (compressed, name)
+        """This file's generations, oldest first, as (rotation age, path); 0 is the live file."""
         return [
-            (index, os.path.join(self.directory, found[index][1]))
-            for index in sorted(found, reverse=True)
+            (age, os.path.join(self.directory, name))
+            for age, name in self.rotation.generations(names)
         ]
 
     def _renamed(self, key: tuple[int, int], path: str) -> None:
@@ -514,6 +545,7 @@ class ContainerFollower:
             while True:
                 if not self._pending:
                     if self.gone:
+                        self.flush_pending()  # no more lines will come to finish them
                         return
                     await self._idle()
                     continue
@@ -600,21 +632,58 @@ class ContainerFollower:
             )
 
     def _decode(self, chunk: Chunk, hold: RangeClaim) -> RecordGroup:
-        group = decode_chunk(
+        now = time.monotonic()
+        group = self._shaping.decode(
             chunk,
             read_time=format_time_ns(time.time_ns()),
             joiner=self._joiner,
             hold=hold,
-            now=time.monotonic(),
+            now=now,
         )
-        self._enrich(group)
+        multiline = self._shaping.multiline
+        if multiline is not None:
+            group = multiline.apply(group, hold, now)
+        self._finish_group(group)
         return group
 
-    def _enrich(self, group: RecordGroup) -> None:
+    def _finish_group(self, group: RecordGroup) -> None:
+        """Enrich and process a group just before it is shipped."""
         # Looked up per chunk, just before it is shipped: a rename Docker wrote to
         # config.v2.json meanwhile is on this chunk's records.
-        if self._metadata is not None:
-            group.enrichment = self._metadata.get(self.directory, self.container_id)
+        enrich = self._shaping.enrich
+        if enrich is not None:
+            group.enrichment = enrich()
+        processors = self._shaping.processors
+        if processors is not None and group:
+            processors.apply(group)
+
+    def flush_pending(self, *, everything: bool = True) -> None:
+        """Ship the records waiting for more lines: all of them (the container stopped, or
+        its files are gone), or those that waited past their timeouts."""
+        now = time.monotonic()
+        multiline = self._shaping.multiline
+        partials = (
+            self._joiner.take_all()
+            if everything
+            else self._joiner.expired(now, self._settings.partial_flush_timeout)
+        )
+        groups: list[RecordGroup] = []
+        if partials:
+            group = group_of(partials)
+            # A line given up on may still be part of a multiline record.
+            groups.append(multiline.apply(group, None, now) if multiline is not None else group)
+        if multiline is not None:
+            waiting = (
+                multiline.take_all()
+                if everything
+                else multiline.expired(now, self._shaping.multiline_timeout)
+            )
+            if waiting is not None:
+                groups.append(waiting)
+        for group in groups:
+            if group:
+                self._finish_group(group)
+            self._pipeline.route(group, group.held, 0)
 
     def _refresh_identity(self, generation: _Generation) -> None:
         """A young file grew: its fingerprint covers more bytes now (a growing prefix), and its
@@ -731,12 +800,8 @@ class ContainerFollower:
         )
 
     async def _idle(self) -> None:
-        """Nothing to read: ship partial lines that waited long enough, wait, look again."""
-        expired = self._joiner.expired(time.monotonic(), self._settings.partial_flush_timeout)
-        if expired:
-            group = group_of(expired)
-            self._enrich(group)
-            self._pipeline.route(group, group.held, 0)
+        """Nothing to read: ship records that waited long enough for more, wait, look again."""
+        self.flush_pending(everything=False)
         await self._pause()
         self.reconcile()
 

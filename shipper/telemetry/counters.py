@@ -86,6 +86,21 @@ DEFINITIONS: dict[str, Definition] = {
     "shipper_discovery_scans_total": Definition(
         Kind.COUNTER, "Rescans of the source roots.", ("source",)
     ),
+    "shipper_docker_events_total": Definition(
+        Kind.COUNTER, "Container events received from the Docker Engine API.", ("action",)
+    ),
+    "shipper_docker_events_reconnects_total": Definition(
+        Kind.COUNTER, "Resubscriptions to Docker events after the stream broke.", ()
+    ),
+    "shipper_processing_failures_total": Definition(
+        Kind.COUNTER,
+        "Records a processing step could not handle (no match, undecodable JSON, unreadable "
+        "time, rename conflict); they ship, flagged.",
+        ("source", "processor"),
+    ),
+    "shipper_redactions_total": Definition(
+        Kind.COUNTER, "Secrets replaced by the redact processor.", ("source",)
+    ),
 }
 
 

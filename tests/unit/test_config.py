@@ -14,8 +14,10 @@ from shipper.config import (
     CheckpointConfig,
     Config,
     ConsoleOutputConfig,
+    CriSourceConfig,
     DockerJsonSourceConfig,
     FileOutputConfig,
+    FilesSourceConfig,
     load_config,
     parse_config,
 )
@@ -120,6 +122,25 @@ def test_documented_config_lists_every_option() -> None:
     for section in ("sources", "outputs"):
         for name, entry in raw[section].items():
             _assert_every_option_present(types[entry["type"]], entry, f"{section}.{name}")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
+
+
+@pytest.mark.parametrize(
+    ("example", "source_type"),
+    [("kubernetes-cri.yaml", CriSourceConfig), ("sidecar.yaml", FilesSourceConfig)],
+)
+def test_examples_load_and_list_every_option_of_their_source(
+    example: str, source_type: type[BaseModel]
+) -> None:
+    path = EXAMPLES / example
+    config = load_config(path, environ={})
+    (source,) = config.sources.values()
+    assert isinstance(source, source_type)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (entry,) = raw["sources"].values()
+    _assert_every_option_present(source_type, entry, example)
 
 
 def test_load_config_from_file(tmp_path: Path) -> None:

@@ -1,0 +1,281 @@
+"""FollowingSource: what every file-following source shares (discovery loop, watch, followers, GC).
+
+A source type says only which files to follow (`discover`) and how to turn their chunks into
+records (a Shaping per followed file); this base runs one ContainerFollower per followed file,
+rescans on an interval (the truth) and on watch hints (the speed), lets every follower pin new
+generations even while backpressure stalls it, and drops the checkpoints of files that are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipper.checkpoints import CheckpointStore, FileCheckpoint
+from shipper.config import CriSourceConfig as _CriSourceConfig
+from shipper.config import DockerJsonSourceConfig, FilesSourceConfig
+from shipper.pipeline.pipeline import Pipeline
+from shipper.sources.rotation import Rotation
+from shipper.sources.tailer import ContainerFollower, Shaping, TailSettings
+from shipper.sources.watch import Watch
+from shipper.telemetry.counters import Telemetry
+
+log = logging.getLogger(__name__)
+
+# Without a working watch, a rescan this often keeps the promise to find new files within
+# about a second; with one, the loop still wakes this often to notice a watch that died.
+UNWATCHED_RESCAN = 1.0
+
+TailingSourceConfig = DockerJsonSourceConfig | _CriSourceConfig | FilesSourceConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One file to follow with its rotated generations, as discovery found it."""
+
+    directory: str
+    rotation: Rotation
+    container_id: str  # what records name as container.id when nothing better is known
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.directory, self.rotation.base)
+
+
+def tail_settings(config: TailingSourceConfig) -> TailSettings:
+    return TailSettings(
+        read_chunk_size=config.read_chunk_size,
+        poll_interval=config.poll_interval,
+        partial_flush_timeout=config.partial_flush_timeout,
+        max_message_bytes=config.max_message_bytes,
+        max_pinned_bytes=config.max_pinned_bytes,
+    )
+
+
+class FollowingSource:
+    """Discovery plus one ContainerFollower per followed file; subclasses say what to follow."""
+
+    def __init__(
+        self,
+        name: str,
+        config: TailingSourceConfig,
+        root: Path,
+        *,
+        store: CheckpointStore,
+        pipeline: Pipeline,
+        telemetry: Telemetry,
+    ) -> None:
+        self.name = name
+        self.root = root
+        self._tailing = config
+        self._store = store
+        self._pipeline = pipeline
+        self._telemetry = telemetry
+        self._settings = tail_settings(config)
+        self._followers: dict[str, ContainerFollower] = {}  # by Target.key
+        self._by_directory: dict[str, set[str]] = defaultdict(set)  # directory -> keys
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._rescan = asyncio.Event()
+
+    # -- what subclasses provide ---------------------------------------------------------------
+
+    def discover(self) -> Iterable[Target]:
+        """The files to follow now (those already followed may be included)."""
+        raise NotImplementedError
+
+    def shaping(self, target: Target) -> Shaping:
+        """How the records of a newly followed file are made."""
+        raise NotImplementedError
+
+    def forgotten(self, target: Target) -> None:
+        """A follower ended (its directory is gone): drop what was cached for it."""
+
+    async def side_tasks(self) -> None:
+        """Anything else the source runs beside discovery (e.g. Docker's event stream)."""
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Discover and follow until cancelled."""
+        watch = Watch(self.root, self._hint)
+        side = asyncio.create_task(self.side_tasks(), name=f"{self.name}:side")
+        try:
+            watching = self._tailing.watch and self.root.is_dir() and watch.start()
+            self.scan(initial=True)
+            last_full_scan = time.monotonic()
+            while True:
+                self._rescan.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rescan.wait(), UNWATCHED_RESCAN)
+                if watching and not watch.alive:
+                    log.warning(
+                        "Watching the log root stopped (inotify limit?); rescanning every second.",
+                        extra={"root": str(self.root)},
+                    )
+                    watch.stop()
+                    watching = False
+                started = False
+                if self._tailing.watch and not watching and self.root.is_dir():
+                    # What appeared before the watch began sends no event: scan once more.
+                    watching = started = watch.start()
+                due = time.monotonic() - last_full_scan >= self._tailing.rescan_interval
+                if due:
+                    last_full_scan = time.monotonic()
+                if due or started or not watching or self._rescan.is_set():
+                    self.scan(initial=False, collect_garbage=due)
+                self._reconcile_all(collect_garbage=due)
+        finally:
+            watch.stop()
+            side.cancel()
+            tasks = [side, *self._tasks.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def request_scan(self) -> None:
+        self._rescan.set()
+
+    def follower_of(self, key: str) -> ContainerFollower | None:
+        return self._followers.get(key)
+
+    def followers_in(self, directory: str) -> list[ContainerFollower]:
+        return [self._followers[key] for key in self._by_directory.get(directory, ())]
+
+    def scan(self, *, initial: bool, collect_garbage: bool = False) -> None:
+        """Start a follower for every discovered file that has none yet."""
+        self._telemetry.inc("shipper_discovery_scans_total", source=self.name)
+        start_at_end = initial and self._store.first_start and self._tailing.start_at == "end"
+        checkpoints: dict[str, list[FileCheckpoint]] | None = None
+        for target in self.discover():
+            if target.key in self._tasks:
+                continue
+            if checkpoints is None:  # once per scan, not per file
+                checkpoints = self._checkpoints_by_directory()
+            mine = [
+                entry
+                for entry in checkpoints.get(target.directory, [])
+                if _owns(target.rotation, entry.path)
+            ]
+            self._start(target, mine, start_at_end=start_at_end)
+        if start_at_end:
+            # `start_at: end` applies only to the very first start: make it durable now, so a
+            # crash before the first interval flush does not turn the next start into a first.
+            self._store.flush()
+        if collect_garbage:
+            self._collect_garbage()
+
+    def _start(
+        self, target: Target, checkpoints: list[FileCheckpoint], *, start_at_end: bool
+    ) -> None:
+        follower = ContainerFollower(
+            source=self.name,
+            directory=target.directory,
+            container_id=target.container_id,
+            settings=self._settings,
+            store=self._store,
+            pipeline=self._pipeline,
+            telemetry=self._telemetry,
+            rotation=target.rotation,
+            shaping=self.shaping(target),
+        )
+        # The first look also settles what happened while shipper was down: checkpoints of
+        # files gone since are dropped, and what was unread in them counted as lost.
+        follower.reconcile(start_at_end=start_at_end, checkpoints=checkpoints)
+        key = target.key
+        task = asyncio.create_task(follower.run(), name=f"follow:{key[-40:]}")
+        self._followers[key] = follower
+        self._by_directory[target.directory].add(key)
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._ended(target, done))
+
+    def _ended(self, target: Target, task: asyncio.Task[None]) -> None:
+        key = target.key
+        self._tasks.pop(key, None)
+        self._followers.pop(key, None)
+        keys = self._by_directory.get(target.directory)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_directory[target.directory]
+        self.forgotten(target)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "Follower failed; the next scan starts it again.",
+                extra={"path": key, "error": repr(task.exception())},
+            )
+            self._rescan.set()
+
+    def _checkpoints_by_directory(self) -> dict[str, list[FileCheckpoint]]:
+        by_directory: dict[str, list[FileCheckpoint]] = defaultdict(list)
+        for entry in self._store.entries():
+            if entry.source == self.name:
+                by_directory[os.path.dirname(entry.path)].append(entry)
+        return by_directory
+
+    def _reconcile_all(self, *, collect_garbage: bool) -> None:
+        """Let every follower pin new generations, even one stalled by backpressure; now and
+        then, drop the checkpoints of files that are gone."""
+        by_directory = self._checkpoints_by_directory() if collect_garbage else {}
+        pinned = open_files = 0
+        for follower in self._followers.values():
+            checkpoints = None
+            if collect_garbage:
+                checkpoints = [
+                    entry
+                    for entry in by_directory.get(follower.directory, [])
+                    if _owns(follower.rotation, entry.path)
+                ]
+            follower.reconcile(checkpoints=checkpoints)
+            pinned += follower.pinned_bytes
+            open_files += follower.open_files
+        self._telemetry.set("shipper_open_files", open_files, source=self.name)
+        self._telemetry.set("shipper_pinned_bytes", pinned, source=self.name)
+
+    def _hint(self, paths: set[str]) -> None:
+        """Watch events (on the event loop): the followers of those directories look soon; a
+        path no follower owns (a new directory, a new live file) asks for a scan."""
+        unowned = False
+        for directory in {os.path.dirname(path) for path in paths}:
+            for follower in self.followers_in(directory):
+                follower.hint()
+        for path in paths:
+            followers = self.followers_in(os.path.dirname(path))
+            if not any(_owns(follower.rotation, path) for follower in followers):
+                unowned = True
+                break
+        if unowned:
+            self._rescan.set()
+
+    def _collect_garbage(self) -> None:
+        """Drop checkpoints of files no follower has and whose directory is gone, counting
+        what was unread."""
+        for entry in self._store.entries():
+            directory = os.path.dirname(entry.path)
+            if (
+                entry.source != self.name
+                or directory in self._by_directory
+                or os.path.isdir(directory)
+            ):
+                continue
+            if entry.size > entry.offset:
+                lost = entry.size - entry.offset
+                self._telemetry.inc(
+                    "shipper_bytes_lost_total", lost, source=self.name, reason="deleted_unread"
+                )
+                log.error(
+                    "Log bytes lost: the directory was removed before they were read.",
+                    extra={"path": entry.path, "bytes": lost},
+                )
+            self._store.remove(entry.key)
+
+
+def _owns(rotation: Rotation, path: str) -> bool:
+    """Whether a checkpointed path is one of the generations of this followed file."""
+    return bool(rotation.generations([os.path.basename(path)]))
