@@ -34,7 +34,7 @@ class Pipeline:
 
     async def ingest(self, chunk: Chunk, decode: Decoder) -> None:
         size = len(chunk.data)
-        await self.budget.acquire(size)
+        await self.budget.acquire(size, (chunk.file.source, chunk.file.container_id))
         ticket = self.tracker.register(chunk.file.handle, chunk.end)
         group = decode(chunk, ticket)
         source = chunk.file.source
@@ -54,7 +54,7 @@ class Pipeline:
         def settled() -> None:
             for hold in holds:
                 hold.release()
-            budget.release(size)
+            budget.release(size, (group.file.source, group.file.container_id))
 
         group.settlement = Settlement(settled)
         targets = [output for output in self.outputs if output.accepts(group.file.source)]
