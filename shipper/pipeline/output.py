@@ -23,6 +23,10 @@ class OutputRunner:
     when its first group has waited `linger` seconds. Groups are never split across batches, so a
     group settles at this output when its one batch is final. The queue is not bounded here: the
     ByteBudget upstream bounds everything that is read and not yet settled.
+
+    Groups wait in one queue per container and batches take from those queues in turn, each in
+    its own order: a container that logs after a pause is in the next batch, not behind
+    everything a noisy container had queued meanwhile.
     """
 
     def __init__(
@@ -47,7 +51,8 @@ class OutputRunner:
         self._linger = linger
         self._slots = asyncio.Semaphore(max_in_flight)
         self._telemetry = telemetry
-        self._queue: deque[RecordGroup] = deque()
+        self._queues: dict[tuple[str, str], deque[RecordGroup]] = {}
+        self._turns: deque[tuple[str, str]] = deque()  # keys with queued groups, next first
         self._queued_records = 0
         self._queued_bytes = 0
         self._arrived = asyncio.Event()
@@ -60,9 +65,14 @@ class OutputRunner:
         return self._inputs is None or source in self._inputs
 
     def put(self, group: RecordGroup) -> None:
-        if not self._queue:
+        if not self._queues:
             self._first_arrival = time.monotonic()  # linger counts from here
-        self._queue.append(group)
+        key = (group.file.source, group.file.container_id)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._turns.append(key)
+        queue.append(group)
         self._queued_records += len(group)
         self._queued_bytes += group.size
         self._arrived.set()
@@ -102,7 +112,7 @@ class OutputRunner:
             raise self._failure
 
     async def _next_batch(self) -> Batch | None:
-        while not self._queue:
+        while not self._queues:
             self._raise_failure()
             if self._closing:
                 return None
@@ -126,8 +136,10 @@ class OutputRunner:
     def _take(self) -> Batch:
         groups: list[RecordGroup] = []
         records = size = 0
-        queue = self._queue
-        while queue:
+        turns = self._turns
+        while turns:
+            key = turns[0]
+            queue = self._queues[key]
             group = queue[0]
             if groups and (
                 records + len(group) > self._max_records or size + group.size > self._max_bytes
@@ -137,6 +149,10 @@ class OutputRunner:
             groups.append(group)
             records += len(group)
             size += group.size
+            turns.rotate(-1)  # the next container's turn
+            if not queue:
+                del self._queues[key]
+                turns.remove(key)
         self._queued_records -= records
         self._queued_bytes -= size
         return Batch.of(groups)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 
@@ -225,6 +226,29 @@ async def test_queued_groups_are_cut_into_batches_by_records_and_bytes() -> None
         assert [list(s) for s in call.batch.selection] == [
             list(range(len(group))) for group in call.batch.groups
         ]
+
+
+def group_from(container: str, records: int) -> RecordGroup:
+    """A group of `records` records read from `container`'s log."""
+    file = dataclasses.replace(_FILE, container_id=container, handle=f"{container}:1")
+    group = group_of(records, name=container)
+    group.file = file
+    return group
+
+
+async def test_batches_take_from_each_container_in_turn_keeping_each_ones_order() -> None:
+    sink = GatedSink(gated=False)
+    runner = make_runner(sink, max_records=4, linger=60)
+    noisy = [group_from("noisy", 1) for _ in range(6)]
+    quiet = group_from("quiet", 1)
+    for group in noisy:
+        runner.put(group)
+    runner.put(quiet)  # queued after all six noisy groups
+    runner.close()
+    await asyncio.wait_for(runner.run(), 2)
+    # The quiet container's group is in the first batch, not behind the noisy backlog, and
+    # the noisy groups keep their order across batches.
+    assert sink.batches == [[noisy[0], quiet, noisy[1], noisy[2]], [noisy[3], noisy[4], noisy[5]]]
 
 
 async def test_a_group_larger_than_a_batch_is_sent_whole() -> None:
