@@ -565,6 +565,19 @@ class ProcessorConfig(_Model):
 # -- sources ---------------------------------------------------------------------------------------
 
 
+def _unix_socket(value: str) -> str:
+    # Only a local socket: shipper never sends traffic off the host, and a tcp:// URL may carry
+    # credentials, so the value is not quoted.
+    path = value.removeprefix("unix://")
+    if not path.startswith("/") or not path.strip("/"):
+        raise PydanticCustomError(
+            "config_docker_host",
+            "only a local unix socket is supported: unix:///path/to/docker.sock or a path",
+        )
+    return value
+
+
+
 class _TailingSourceBase(_Model):
     """Options of every source that follows files."""
 
@@ -611,7 +624,7 @@ class DockerJsonSourceConfig(_TailingSourceBase):
     opt_out_label: str = "shipper.exclude"
     # Docker Engine API socket (e.g. unix:///var/run/docker.sock); null: files only. With it,
     # container events make renames, stops and removals take effect at once.
-    docker_host: str | None = None
+    docker_host: Annotated[str, AfterValidator(_unix_socket)] | None = None
 
 
 class PodMatch(_Model):

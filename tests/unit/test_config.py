@@ -1,5 +1,6 @@
 """Tests for shipper.config: loading, ${ENV} expansion, validation and error messages."""
 
+import re
 import textwrap
 import traceback
 from pathlib import Path
@@ -610,6 +611,19 @@ SECRET_CASES = {
     "literal secret in bad YAML": MINIMAL + f'password: "{SECRET}\n',
     "literal secret next to duplicate key": MINIMAL + f"pipeline: {{a: {SECRET}, a: {SECRET}}}\n",
     "literal secret in a wrong type": MINIMAL + f"    max_in_flight: {SECRET}\n",
+    "credentials in docker_host": MINIMAL.replace(
+        "    type: docker_json\n",
+        "    type: docker_json\n    docker_host: 'tcp://u:${SHIPPER_TEST_SECRET}@h'\n",
+    ),
+    "secret in a regular expression": MINIMAL.replace(
+        "    type: docker_json\n",
+        "    type: docker_json\n"
+        "    processors: [{redact: {patterns: ['(${SHIPPER_TEST_SECRET}']}}]\n",
+    ),
+    "secret as a multiline parser name": MINIMAL.replace(
+        "    type: docker_json\n",
+        "    type: docker_json\n    multiline: {default: '${SHIPPER_TEST_SECRET}'}\n",
+    ),
 }
 
 
@@ -629,7 +643,85 @@ def test_secret_values_are_never_echoed(text: str) -> None:
     assert str(caught.value).startswith("config.yaml: ")
 
 
+@pytest.mark.parametrize(
+    ("case", "where"),
+    [
+        ("credentials in docker_host", "sources.docker.docker_host: "),
+        ("secret in a regular expression", "sources.docker.processors[0].redact.patterns[0]: "),
+        ("secret as a multiline parser name", "sources.docker.multiline: "),
+    ],
+)
+def test_secret_cases_fail_where_they_should(case: str, where: str) -> None:
+    # So that the secret test above is not passing on a YAML error instead.
+    with pytest.raises(ConfigError, match=re.escape("config.yaml: " + where)):
+        parse_config(SECRET_CASES[case], "config.yaml", environ=SECRET_ENV)
+
+
 def test_secret_in_default_origin_name() -> None:
     # The origin string is what errors start with; the embedded default has its own name.
     with pytest.raises(ConfigError, match=f"^{DEFAULT_ORIGIN}: "):
         parse_config("sources: 1\n", DEFAULT_ORIGIN, environ={})
+
+
+# --- multiline, processors, docker_host ----------------------------------------------------------
+
+
+def _docker_source(options: str) -> str:
+    """MINIMAL with `options` (one line of YAML) added to the docker source."""
+    return MINIMAL.replace("    type: docker_json\n", f"    type: docker_json\n    {options}\n")
+
+
+def test_multiline_names_must_be_known_and_presets_cannot_be_redefined() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            _docker_source(
+                "multiline: {default: jvm, parsers: {java: {start: '^x'}},"
+                " rules: [{match: {names: [a]}, parser: nope}]}"
+            ),
+            "c.yaml",
+        )
+    message = str(caught.value)
+    assert "sources.docker.multiline" in message
+    assert "parsers.java: a built-in parser has this name" in message
+    assert "default: no parser of this name" in message
+    assert "rules[0].parser: no parser of this name" in message
+
+
+def test_custom_multiline_parser_needs_a_pattern_and_a_valid_one() -> None:
+    with pytest.raises(ConfigError, match=r"parsers\.app.*give `start`, `continue` or both"):
+        parse_config(_docker_source("multiline: {parsers: {app: {}}}"), "c.yaml")
+    with pytest.raises(ConfigError, match=r"parsers\.app\.start: invalid regular expression"):
+        parse_config(_docker_source("multiline: {parsers: {app: {start: '(x'}}}"), "c.yaml")
+    config = parse_config(
+        _docker_source("multiline: {default: app, parsers: {app: {continue: '^\\s'}}}"), "c.yaml"
+    )
+    source = config.sources["docker"]
+    assert isinstance(source, DockerJsonSourceConfig)
+    assert source.multiline.parsers["app"].continue_ is not None
+
+
+def test_a_processor_is_exactly_one_step() -> None:
+    with pytest.raises(ConfigError, match=r"processors\[0\]: a processor is exactly one of"):
+        parse_config(
+            _docker_source("processors: [{decode_json: {}, log_level: {field: level}}]"), "c.yaml"
+        )
+    config = parse_config(
+        _docker_source("processors: [{decode_json: {}}, {log_level: {field: level}}]"), "c.yaml"
+    )
+    source = config.sources["docker"]
+    assert isinstance(source, DockerJsonSourceConfig)
+    assert [type(p.step).__name__ for p in source.processors] == [
+        "DecodeJsonConfig",
+        "LogLevelConfig",
+    ]
+
+
+def test_regex_parser_needs_named_groups() -> None:
+    with pytest.raises(ConfigError, match="no named group"):
+        parse_config(_docker_source("processors: [{regex: {pattern: '(a)(b)'}}]"), "c.yaml")
+
+
+@pytest.mark.parametrize("value", ["tcp://127.0.0.1:2375", "docker.sock", "unix://relative"])
+def test_docker_host_must_be_a_local_unix_socket(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"sources\.docker\.docker_host: only a local unix"):
+        parse_config(_docker_source(f"docker_host: '{value}'"), "c.yaml")
