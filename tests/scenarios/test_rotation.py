@@ -331,3 +331,54 @@ async def test_a_file_truncated_in_place_is_read_again_from_the_start(
     assert len(documents) == 50 + written
     assert dict(by_stream) == dict(expected)
     assert app.telemetry.value("shipper_truncations_total", source="docker") == 1
+
+
+def java_trace(seq: int, frames: int) -> list[str]:
+    """A Java stack trace as logback writes it after its log line: header, frames, cause."""
+    lines = [
+        f"2024-05-01 12:00:00.000 ERROR [main] c.e.Orders - order failed seq={seq:06d}",
+        f"java.lang.IllegalStateException: order {seq} rejected",
+    ]
+    lines += [f"\tat com.example.orders.Step{n}.run(Step{n}.java:{10 + n})" for n in range(frames)]
+    lines += [
+        "Caused by: java.lang.NullPointerException: null",
+        "\tat com.example.orders.Repo.load(Repo.java:42)",
+        f"\t... {frames} more",
+    ]
+    return lines
+
+
+async def test_stack_traces_split_by_rotations_arrive_as_one_record_each(tmp_path: Path) -> None:
+    """Multiline state lives per container and stream, across Docker's rotations: traces
+    written over many small, compressed files arrive whole, one record per trace, and every
+    plain line between them arrives on its own, in order."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    log = writer.add_container("java-app", max_size=4 * 1024, max_file=400, compress=True)
+    app = App(
+        make_config(
+            tmp_path,
+            extra_source="    multiline: {default: java, flush_timeout: 200ms}",
+        )
+    )
+    stop, task = await start(app)
+    expected: list[str] = []
+    for seq in range(120):
+        if seq % 3 == 0:
+            lines = java_trace(seq, frames=5 + seq % 7)
+            for line in lines:
+                log.write(line, stream="stderr")
+            expected.append("\n".join(lines))
+        else:
+            line = f"2024-05-01 12:00:00.000 INFO [main] c.e.Orders - order ok seq={seq:06d}"
+            log.write(line, stream="stderr")
+            expected.append(line)
+    assert len(log.generations()) > 10  # traces did cross rotations
+    await wait_until(lambda: delivered(app) >= len(expected), timeout=30, what="every record")
+    stop.set()
+    await task
+    writer.close()
+    _, documents = shipped(tmp_path / "out.ndjson")
+    assert [d["message"] for d in documents] == expected
+    assert all("flags" not in d["log"] for d in documents)
+    # Records that began in an older file name that file.
+    assert len({d["log"]["file"]["path"] for d in documents}) > 10
