@@ -662,6 +662,7 @@ class ContainerFollower:
         its files are gone), or those that waited past their timeouts."""
         now = time.monotonic()
         multiline = self._shaping.multiline
+        reason = "stop" if everything else "timeout"
         partials = (
             self._joiner.take_all()
             if everything
@@ -669,6 +670,7 @@ class ContainerFollower:
         )
         groups: list[RecordGroup] = []
         if partials:
+            self._count_flushed(len(partials), "partial", reason)
             group = group_of(partials)
             # A line given up on may still be part of a multiline record.
             groups.append(multiline.apply(group, None, now) if multiline is not None else group)
@@ -679,11 +681,17 @@ class ContainerFollower:
                 else multiline.expired(now, self._shaping.multiline_timeout)
             )
             if waiting is not None:
+                self._count_flushed(len(waiting), "multiline", reason)
                 groups.append(waiting)
         for group in groups:
             if group:
                 self._finish_group(group)
             self._pipeline.route(group, group.held, 0)
+
+    def _count_flushed(self, records: int, kind: str, reason: str) -> None:
+        self._telemetry.inc(
+            "shipper_pending_flushed_total", records, source=self.source, kind=kind, reason=reason
+        )
 
     def _refresh_identity(self, generation: _Generation) -> None:
         """A young file grew: its fingerprint covers more bytes now (a growing prefix), and its

@@ -55,6 +55,12 @@ DEFINITIONS: dict[str, Definition] = {
     "shipper_files_opened_total": Definition(
         Kind.COUNTER, "Log files opened for reading.", ("source",)
     ),
+    "shipper_pending_flushed_total": Definition(
+        Kind.COUNTER,
+        "Records shipped without waiting longer for their next line or part: after the flush "
+        "timeout, or because the container stopped or its files are gone.",
+        ("source", "kind", "reason"),
+    ),
     "shipper_files_closed_total": Definition(
         Kind.COUNTER, "Log files closed after they were drained or removed.", ("source",)
     ),
