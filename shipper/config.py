@@ -334,6 +334,7 @@ SHIPPER_FIELDS = frozenset(
 """Top-level fields shipper writes itself: processors write under them only at stated paths."""
 
 CONFLICT_FIELDS = ("json_conflicts", "regex_conflicts")
+_PER_RECORD_FIELDS = frozenset({"@timestamp", "message", "stream", "log", "agent", "ecs", "event"})
 """Where decode_json and regex keep a key that would have replaced a field of the record."""
 
 
@@ -577,7 +578,6 @@ def _unix_socket(value: str) -> str:
     return value
 
 
-
 class _TailingSourceBase(_Model):
     """Options of every source that follows files."""
 
@@ -644,6 +644,9 @@ class CriSourceConfig(_TailingSourceBase):
     # Where a docker_json source reads: a CRI file that is a symlink into it is left to that
     # source, so no line is shipped twice (dockershim nodes link pod logs to Docker's files).
     docker_root: _Path | None = Path("/var/lib/docker/containers")
+    # The kubelet's links <pod>_<namespace>_<container>-<container id>.log to each pod log file:
+    # where `container.id` comes from. null: records carry no container.id.
+    container_links: _Path | None = Path("/var/log/containers")
     include: PodMatch | None = None
     exclude: PodMatch = Field(default_factory=PodMatch)
 
@@ -662,6 +665,26 @@ class FilesSourceConfig(_TailingSourceBase):
     # Fields every record of this source carries, e.g. {"service.name": "checkout",
     # "kubernetes.pod.name": "${POD_NAME}"}: the metadata a sidecar cannot read from Docker.
     fields: dict[_FieldPath, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _static_fields(self) -> Self:
+        # Each record's own fields are written beside these: the same key twice would make
+        # an invalid document. container.*, kubernetes.*, host.* are what a sidecar adds.
+        for path in self.fields:
+            head = path.partition(".")[0]
+            if head in _PER_RECORD_FIELDS:
+                raise PydanticCustomError(
+                    "config_reserved_field",
+                    "fields: `{head}` is written by shipper for each record",
+                    {"head": head},
+                )
+        try:
+            orjson.dumps(self.fields)
+        except orjson.JSONEncodeError:
+            raise PydanticCustomError(
+                "config_json_value", "fields: a value cannot be written as JSON"
+            ) from None
+        return self
 
 
 SourceConfig = Annotated[

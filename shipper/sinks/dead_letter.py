@@ -18,7 +18,7 @@ class DeadLetterFile:
     """Appends one NDJSON line per rejected record and fsyncs before the checkpoint may move.
 
     Each line holds the time, the output, the reason, the file and offset the record came from
-    and the document itself, so `shipper replay-dead-letters` can send it again later.
+    and the document itself, so it can be inspected and sent again later.
     """
 
     def __init__(self, path: Path) -> None:

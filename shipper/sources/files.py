@@ -81,7 +81,10 @@ class FilesSource(FollowingSource):
 
     def shaping(self, target: Target) -> Shaping:
         enrichment = self._enrichment
-        return self._shaping.for_file(decode=decode_text_chunk, enrich=lambda: enrichment)
+        # Multiline rules match a file by its name through `names` (there is no container).
+        return self._shaping.for_file(
+            decode=decode_text_chunk, enrich=lambda: enrichment, name=target.rotation.base
+        )
 
 
 def static_fields(fields: dict[str, Any], *, host_name: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -50,13 +51,18 @@ class Target:
 
 
 def tail_settings(config: TailingSourceConfig) -> TailSettings:
-    return TailSettings(
+    settings = TailSettings(
         read_chunk_size=config.read_chunk_size,
         poll_interval=config.poll_interval,
         partial_flush_timeout=config.partial_flush_timeout,
         max_message_bytes=config.max_message_bytes,
         max_pinned_bytes=config.max_pinned_bytes,
     )
+    if isinstance(config, FilesSourceConfig):
+        # A plain file's line is not split by a runtime: max_message_bytes is where the
+        # follower cuts it (the rest ships as the next record), not waiting for its newline.
+        settings = dataclasses.replace(settings, max_line_bytes=config.max_message_bytes)
+    return settings
 
 
 class FollowingSource:
@@ -106,6 +112,7 @@ class FollowingSource:
         """Discover and follow until cancelled."""
         watch = Watch(self.root, self._hint)
         side = asyncio.create_task(self.side_tasks(), name=f"{self.name}:side")
+        side.add_done_callback(self._side_ended)
         try:
             watching = self._tailing.watch and self.root.is_dir() and watch.start()
             self.scan(initial=True)
@@ -138,6 +145,13 @@ class FollowingSource:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _side_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "A helper task of the source stopped; logs still ship from the files.",
+                extra={"source": self.name, "error": repr(task.exception())},
+            )
 
     def request_scan(self) -> None:
         self._rescan.set()

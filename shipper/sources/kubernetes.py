@@ -30,9 +30,6 @@ from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
 
-# Where the kubelet links every pod log file under a name that holds the container id.
-CONTAINER_LINKS = "/var/log/containers"
-
 
 class CriSource(FollowingSource):
     """One follower per `<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`, with the
@@ -50,7 +47,6 @@ class CriSource(FollowingSource):
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
-        container_links: str = CONTAINER_LINKS,
     ) -> None:
         super().__init__(
             name, config, Path(config.root), store=store, pipeline=pipeline, telemetry=telemetry
@@ -60,7 +56,10 @@ class CriSource(FollowingSource):
         self._docker_root = (
             os.path.realpath(config.docker_root) if config.docker_root is not None else None
         )
-        self._container_links = container_links
+        self._container_links = (
+            str(config.container_links) if config.container_links is not None else None
+        )
+        self._links_missing_said = False
         self._shaping = SourceShaping(name, config, telemetry)
         self._refs: dict[str, PodLogRef] = {}  # by Target.key
         self._enrichments: dict[str, Enrichment] = {}
@@ -84,7 +83,7 @@ class CriSource(FollowingSource):
                     new.append((path, ref))
         if not new:
             return
-        ids = container_ids_from_symlinks(self._container_links)  # once per scan with news
+        ids = self._container_ids()  # once per scan that found new files
         for path, ref in new:
             directory, base = os.path.split(path)
             target = Target(directory, KubeletRotation(base), f"{ref.pod_uid}/{ref.container_name}")
@@ -107,6 +106,19 @@ class CriSource(FollowingSource):
     def forgotten(self, target: Target) -> None:
         self._refs.pop(target.key, None)
         self._enrichments.pop(target.key, None)
+
+    def _container_ids(self) -> dict[str, str]:
+        if self._container_links is None:
+            return {}
+        ids = container_ids_from_symlinks(self._container_links)
+        if not ids and not self._links_missing_said:
+            self._links_missing_said = True
+            log.warning(
+                "No kubelet container links found: records carry no container.id (mount the "
+                "links directory at the same path as on the node, or set container_links).",
+                extra={"container_links": self._container_links},
+            )
+        return ids
 
     def _wanted(self, path: str, ref: PodLogRef) -> bool:
         if self._docker_root is not None and os.path.islink(path):

@@ -725,3 +725,26 @@ def test_regex_parser_needs_named_groups() -> None:
 def test_docker_host_must_be_a_local_unix_socket(value: str) -> None:
     with pytest.raises(ConfigError, match=r"sources\.docker\.docker_host: only a local unix"):
         parse_config(_docker_source(f"docker_host: '{value}'"), "c.yaml")
+
+
+def _files_source(options: str) -> str:
+    return (
+        "sources:\n  app:\n    type: files\n    paths: [/logs/*.log]\n"
+        f"    {options}\noutputs:\n  o:\n    type: console\n"
+    )
+
+
+@pytest.mark.parametrize("field", ["message", "@timestamp", "log.offset", "stream", "agent.name"])
+def test_files_fields_cannot_name_what_each_record_has(field: str) -> None:
+    with pytest.raises(ConfigError, match=r"sources\.app: fields: `.*` is written by shipper"):
+        parse_config(_files_source(f"fields: {{'{field}': x}}"), "c.yaml")
+
+
+def test_files_fields_may_carry_container_and_kubernetes_metadata() -> None:
+    config = parse_config(
+        _files_source("fields: {kubernetes.pod.name: web-0, container.name: app, host.name: n1}"),
+        "c.yaml",
+    )
+    source = config.sources["app"]
+    assert isinstance(source, FilesSourceConfig)
+    assert source.fields["kubernetes.pod.name"] == "web-0"
