@@ -117,13 +117,19 @@ def _kubernetes(labels: dict[str, str]) -> dict[str, Any]:
     return fields
 
 
+_GO_ZERO_TIME = "0001-01-01T00:00:00"
+
+
 def _times(config: dict[str, Any]) -> dict[str, str]:
     times = {}
     if isinstance(config.get("Created"), str):
         times["created"] = config["Created"]
     state = config.get("State")
-    if isinstance(state, dict) and isinstance(state.get("StartedAt"), str):
-        times["started"] = state["StartedAt"]
+    started = state.get("StartedAt") if isinstance(state, dict) else None
+    # Docker writes config.v2.json at create with Go's zero time as StartedAt and rewrites it
+    # once started; a container's first lines can be read in between. No value beats year 1.
+    if isinstance(started, str) and not started.startswith(_GO_ZERO_TIME):
+        times["started"] = started
     return times
 
 

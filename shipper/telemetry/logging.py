@@ -65,3 +65,11 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    # Libraries' warnings (watchdog's among them) become log records in the same format, so
+    # stderr stays one JSON object a line.
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    for old in list(warnings_logger.handlers):
+        warnings_logger.removeHandler(old)
+    warnings_logger.addHandler(handler)
+    warnings_logger.propagate = False

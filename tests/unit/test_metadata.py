@@ -65,6 +65,15 @@ def test_ecs_fields_from_config_v2() -> None:
     assert document["ecs"]["version"]
 
 
+def test_a_container_not_started_yet_has_no_start_time() -> None:
+    # Docker writes config.v2.json at create with Go's zero time; the first lines of a
+    # starting container can be read before it rewrites the file.
+    created = config(State={"Running": False, "StartedAt": "0001-01-01T00:00:00Z"})
+    document = build_enrichment(CID, created, OPTIONS).document
+    assert "started" not in document["docker"]["container"]
+    assert document["docker"]["container"]["created"] == "2024-05-01T12:00:00.1Z"
+
+
 def test_dotted_label_keys_cannot_clash_in_a_mapping() -> None:
     labels = build_enrichment(CID, config(), OPTIONS).document["container"]["labels"]
     assert labels["app"] == "web"
