@@ -649,6 +649,9 @@ class CriSourceConfig(_TailingSourceBase):
     container_links: _Path | None = Path("/var/log/containers")
     include: PodMatch | None = None
     exclude: PodMatch = Field(default_factory=PodMatch)
+    # The kubelet renames a log file and then asks the runtime to reopen it: lines written in
+    # between go to the renamed file. It is watched until it has not grown for this long.
+    rotate_wait: _PositiveDuration = 5.0
 
 
 class FilesSourceConfig(_TailingSourceBase):
@@ -662,6 +665,10 @@ class FilesSourceConfig(_TailingSourceBase):
     # text: each line is the message; ndjson: each line is a JSON object decoded into the record
     # (a line that is not is shipped as text, flagged `json_decode_failed`).
     format: Literal["text", "ndjson"] = "text"
+    # An application goes on writing to a renamed file until it reopens its log (logrotate's
+    # `create` and a postrotate signal): the renamed file is watched until it has not grown for
+    # this long (Fluent Bit's Rotate_Wait).
+    rotate_wait: _PositiveDuration = 5.0
     # Fields every record of this source carries, e.g. {"service.name": "checkout",
     # "kubernetes.pod.name": "${POD_NAME}"}: the metadata a sidecar cannot read from Docker.
     fields: dict[_FieldPath, Any] = Field(default_factory=dict)

@@ -20,7 +20,7 @@ from shipper.pipeline.pipeline import Pipeline
 from shipper.processing.metadata import ECS_VERSION, default_host_name
 from shipper.sources.following import FollowingSource, Target
 from shipper.sources.plain import decode_text_chunk
-from shipper.sources.rotation import LogrotateRotation
+from shipper.sources.rotation import LogrotateRotation, logrotate_live_name
 from shipper.sources.shaping import SourceShaping
 from shipper.sources.tailer import Shaping
 from shipper.telemetry.counters import Telemetry
@@ -66,18 +66,31 @@ class FilesSource(FollowingSource):
         self._enrichment = Enrichment(fields, orjson.dumps(fields)[1:-1])
 
     def discover(self) -> Iterator[Target]:
-        matched: set[str] = set()
+        live: set[str] = set()
         for pattern in self._config.paths:
-            for path in glob.glob(pattern, recursive=True):
-                if any(fnmatch.fnmatchcase(path, p) for p in self._config.exclude):
+            for found in glob.glob(pattern, recursive=True):
+                path = os.path.normpath(found)
+                if self._excluded(path) or not os.path.isfile(path):
                     continue
-                if os.path.isfile(path):
-                    matched.add(os.path.normpath(path))
-        for path in sorted(matched):
-            directory, base = os.path.split(path)
-            if self.follower_of(path) is not None or _rotated_sibling(path, matched):
-                continue
-            yield Target(directory, LogrotateRotation(base), "")
+                # A glob such as /logs/* matches rotated files too: each is read as a
+                # generation of its live file (even one missing for now), never on its own.
+                directory, name = os.path.split(path)
+                base = logrotate_live_name(name)
+                live_path = os.path.join(directory, base) if base is not None else path
+                live.add(live_path if self._selected(live_path) else path)
+        for path in sorted(live):
+            if self.follower_of(path) is None:
+                directory, base = os.path.split(path)
+                yield Target(directory, LogrotateRotation(base), "")
+
+    def _selected(self, path: str) -> bool:
+        """Whether `path` is named by the configured globs (whether or not it exists)."""
+        return not self._excluded(path) and any(
+            fnmatch.fnmatchcase(path, os.path.normpath(pattern)) for pattern in self._config.paths
+        )
+
+    def _excluded(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self._config.exclude)
 
     def shaping(self, target: Target) -> Shaping:
         enrichment = self._enrichment
@@ -105,19 +118,6 @@ def static_fields(fields: dict[str, Any], *, host_name: str) -> dict[str, Any]:
     document["agent"] = {"type": "shipper", "version": __version__}
     document["ecs"] = {"version": ECS_VERSION}
     return document
-
-
-def _rotated_sibling(path: str, matched: set[str]) -> bool:
-    """Whether `path` is a rotated generation of another matched file (a glob such as
-    /logs/* matches app.log.1 too): its live file's follower reads it, in order."""
-    directory, name = os.path.split(path)
-    for other in matched:
-        other_directory, other_name = os.path.split(other)
-        if other == path or other_directory != directory:
-            continue
-        if any(age > 0 for age, _ in LogrotateRotation(other_name).generations([name])):
-            return True
-    return False
 
 
 def _watch_root(patterns: list[str]) -> Path:

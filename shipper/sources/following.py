@@ -62,6 +62,8 @@ def tail_settings(config: TailingSourceConfig) -> TailSettings:
         # A plain file's line is not split by a runtime: max_message_bytes is where the
         # follower cuts it (the rest ships as the next record), not waiting for its newline.
         settings = dataclasses.replace(settings, max_line_bytes=config.max_message_bytes)
+    if isinstance(config, FilesSourceConfig | _CriSourceConfig):
+        settings = dataclasses.replace(settings, rotate_wait=config.rotate_wait)
     return settings
 
 

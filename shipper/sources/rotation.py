@@ -25,6 +25,10 @@ class Rotation(Protocol):
     """How one live file's rotated generations are named."""
 
     base: str  # the live file's name in its directory
+    # Whether the writer may go on writing to a file after it was renamed away (until it
+    # reopens its log: the kubelet asks the runtime after renaming; an app on logrotate's
+    # signal). Docker closes a file before renaming it.
+    writes_after_rename: bool
 
     def generations(self, names: Iterable[str]) -> list[tuple[int, str]]:
         """This file's generations among `names` (one directory listing), OLDEST FIRST, as
@@ -60,6 +64,7 @@ class DockerRotation:
     """
 
     __slots__ = ("base",)
+    writes_after_rename = False
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -96,6 +101,7 @@ class KubeletRotation:
     """
 
     __slots__ = ("base",)
+    writes_after_rename = True
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -142,6 +148,7 @@ class LogrotateRotation:
     """
 
     __slots__ = ("base",)
+    writes_after_rename = True
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -167,6 +174,19 @@ class LogrotateRotation:
                     order = (0, -int(match[1]), "")
                 _pick(found, name, name.endswith(_GZ), order)
         return _by_rank(found, live, base)
+
+
+def logrotate_live_name(name: str) -> str | None:
+    """The live file `name` is a rotated generation of (`app.log.2.gz` -> `app.log`), or None.
+
+    The longest such name wins: `app.log.1` is a generation of `app.log`, never of `app`.
+    """
+    for position in range(len(name) - 1, 0, -1):
+        if name[position] in ".-_":
+            base = name[:position]
+            if any(age > 0 for age, _ in LogrotateRotation(base).generations([name])):
+                return base
+    return None
 
 
 def _by_rank(found: dict[str, tuple[_Order, str]], live: bool, base: str) -> list[tuple[int, str]]:

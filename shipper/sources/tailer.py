@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,9 @@ class TailSettings:
     # own lines are at most 16 KiB of text (about 100 KiB escaped), so only a foreign file gets
     # here, and waiting for its newline would hold all memory.
     max_line_bytes: int = 4 * 1024 * 1024
+    # For writers that go on writing to a renamed file until they reopen (kubelet, logrotate):
+    # how long a renamed file is still watched after it last grew.
+    rotate_wait: float = 5.0
 
 
 class ChunkDecoder(Protocol):
@@ -197,6 +200,10 @@ class ContainerFollower:
         self._pipeline = pipeline
         self._telemetry = telemetry
         self._pending: deque[_Generation] = deque()  # oldest first; [0] is the one being read
+        # Read to their end after a rename, but their writer may still add lines until it
+        # reopens its log (rotation.writes_after_rename): by handle, with when to give up.
+        self._lingering: dict[str, tuple[_Generation, float]] = {}
+        self._lingering_checked = 0.0
         self._unsettled: dict[str, _Generation] = {}  # by handle: finished, not yet all settled
         # Listed files with nothing to read, by (device, inode): their (size, mtime), since a
         # deleted file's inode number is soon reused (often by the next `-json.log`) and a
@@ -207,7 +214,7 @@ class ContainerFollower:
         self._wake = asyncio.Event()
         self._last_reconcile = 0.0
         self._listing_due = False
-        self._listed: set[object] = set()  # what the last look listed (_content_of)
+        self._listed: set[object] = set()  # what the last look listed (_contents)
         self.gone = False  # the directory is gone: nothing more will come
         self.pinned_bytes = 0  # on-disk bytes of deleted files still open
 
@@ -312,7 +319,7 @@ class ContainerFollower:
         the caller lists again."""
         deferred: set[tuple[int, int]] = set()
         ages = {key: index for index, _, key, _ in snapshot}
-        open_keys = {generation.key for generation in self._pending}
+        open_keys = {generation.key for generation in self._open_generations()}
         for queued in self._pending:
             if not queued.identity_final:
                 # Opened young (even empty) and perhaps not read since: know what it holds
@@ -342,12 +349,18 @@ class ContainerFollower:
         self, snapshot: list[tuple[int, str, tuple[int, int], os.stat_result]]
     ) -> set[object]:
         """What the listed files hold, as far as known: each one's checkpoint (the same for a
-        file and its gzip twin), else its inode."""
+        file and its gzip twin), else its inode; and the handles of those open."""
         known: dict[tuple[int, int], object] = {
             key: ignored[1] for key, ignored in self._ignored.items() if ignored[1] is not None
         }
-        known.update((g.key, g.entry.key) for g in self._pending if g.entry is not None)
-        return {known.get(key, key) for _, _, key, _ in snapshot}
+        opened = list(self._open_generations())
+        known.update((g.key, g.entry.key) for g in opened if g.entry is not None)
+        contents = {known.get(key, key) for _, _, key, _ in snapshot}
+        # An open file also counts by its handle: a young file's checkpoint key grows with it,
+        # and the same file seen again must not look like a new one.
+        listed = {key for _, _, key, _ in snapshot}
+        contents.update(g.file.handle for g in opened if g.key in listed)
+        return contents
 
     def _count_unseen(self, listed: set[object]) -> None:
         """Notice when shipper may have looked too seldom: between two looks Docker rotated
@@ -388,8 +401,14 @@ class ContainerFollower:
             for age, name in self.rotation.generations(names)
         ]
 
+    def _open_generations(self) -> Iterator[_Generation]:
+        """Every file open for reading: queued, and renamed but perhaps still written to."""
+        yield from self._pending
+        for generation, _ in self._lingering.values():
+            yield generation
+
     def _renamed(self, key: tuple[int, int], path: str) -> None:
-        for generation in self._pending:
+        for generation in self._open_generations():
             if generation.key == key:
                 generation.path = path
 
@@ -518,7 +537,7 @@ class ContainerFollower:
     def _twin_of_open(self, file_id: str, content_size: int) -> _Generation | None:
         """The generation open (or not yet settled) with this first line and size: a file
         listed under another name with the same content is its gzip twin."""
-        for generation in self._pending:
+        for generation in self._open_generations():
             if (
                 generation.file.fingerprint == file_id
                 and generation.reader.content_size() == content_size
@@ -533,7 +552,7 @@ class ContainerFollower:
         """Checkpoint keys of the generations open or not yet settled: theirs to update."""
         return {
             generation.entry.key
-            for generation in itertools.chain(self._pending, self._unsettled.values())
+            for generation in itertools.chain(self._open_generations(), self._unsettled.values())
             if generation.entry is not None
         }
 
@@ -543,8 +562,10 @@ class ContainerFollower:
         """Read generation after generation until the directory is gone; cancel to stop."""
         try:
             while True:
+                if self._lingering and self._lingering_due():
+                    await self._check_lingering(give_up=self.gone)
                 if not self._pending:
-                    if self.gone:
+                    if self.gone and not self._lingering:
                         self.flush_pending()  # no more lines will come to finish them
                         return
                     await self._idle()
@@ -573,14 +594,21 @@ class ContainerFollower:
                     continue
                 await self._at_end(generation, data)
         finally:
-            for generation in self._pending:
+            for generation in self._open_generations():
                 generation.reader.close()
             self._pending.clear()
+            self._lingering.clear()
 
     async def _at_end(self, generation: _Generation, data: bytes) -> None:
         """At the end of a file (`data`: the start of an unfinished line, if any): finish it
         if Docker is done with it, start again if it was truncated, or wait for more."""
         if generation.superseded:
+            if self.rotation.writes_after_rename and not generation.released:
+                # Its writer may add lines until it reopens: watch it beside the next file.
+                self._pending.popleft()
+                deadline = time.monotonic() + self._settings.rotate_wait
+                self._lingering[generation.file.handle] = (generation, deadline)
+                return
             if data:  # a line that will never be finished: ship it as it is
                 await self._emit(generation, data)
             self._finish(generation)
@@ -746,8 +774,42 @@ class ContainerFollower:
             return True
         return (stat.st_dev, stat.st_ino) != generation.key
 
+    def _lingering_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._lingering_checked < self._settings.poll_interval:
+            return False
+        self._lingering_checked = now
+        return True
+
+    async def _check_lingering(self, *, give_up: bool = False) -> None:
+        """Read what the writers of renamed files added since; finish those that did not grow
+        for `rotate_wait` (or all of them: `give_up`, the directory is gone)."""
+        for handle, (generation, deadline) in list(self._lingering.items()):
+            try:
+                data = self._read(generation)
+            except OSError:
+                data = b""
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                await self._emit(generation, data[: cut + 1])
+                self._lingering[handle] = (
+                    generation,
+                    time.monotonic() + self._settings.rotate_wait,
+                )
+                continue
+            if not give_up and time.monotonic() < deadline:
+                continue
+            del self._lingering[handle]
+            if data:  # a line that will never be finished: ship it as it is
+                await self._emit(generation, data)
+            self._close(generation)
+
     def _finish(self, generation: _Generation) -> None:
         self._pending.popleft()
+        self._close(generation)
+
+    def _close(self, generation: _Generation) -> None:
+        """A file is drained: close it; its checkpoint lives on until its ranges settle."""
         generation.finished = True
         generation.reader.close()
         self._telemetry.inc("shipper_files_closed_total", source=self.source)
@@ -782,9 +844,11 @@ class ContainerFollower:
 
     def _restart(self, generation: _Generation, size: int) -> None:
         """Read a truncated file again from the start, as a new file: what was not read of the
-        old content is counted as lost."""
-        entry = generation.entry
+        old content is counted as lost, unless a copy of it is there to finish reading."""
         self._count_truncation(generation.path, generation.offset, size)
+        if self._continue_in_copy(generation):
+            return
+        entry = generation.entry
         lost = generation.size - generation.offset
         if lost > 0:
             self._lost(generation.path, lost, "truncated")
@@ -807,8 +871,60 @@ class ContainerFollower:
             generation.file.handle, 0, functools.partial(self._settled, generation)
         )
 
+    def _continue_in_copy(self, generation: _Generation) -> bool:
+        """logrotate's `copytruncate` copies the live file to a rotated name, then truncates it:
+        when shipper had not read everything yet, the rest is in the copy. Go on reading the
+        old content there, as the same file (same checkpoint, same pending ranges); the live
+        file's new content is opened as a new file by the next listing."""
+        entry = generation.entry
+        if entry is None or not generation.prefix:
+            return False
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return False
+        open_keys = {g.key for g in self._open_generations()}
+        for age, path in self._generations(names):
+            if age == 0:
+                continue
+            try:
+                reader = open_log(path)
+            except OSError:
+                continue
+            try:
+                stat = reader.stat()
+                key = (stat.st_dev, stat.st_ino)
+                same = (
+                    key not in open_keys
+                    and reader.content_size() >= generation.offset
+                    and fingerprint(reader.head()[: entry.head_len]) == entry.fingerprint
+                )
+            except OSError:
+                same = False
+            if not same:
+                reader.close()
+                continue
+            log.info(
+                "Log file was copied and truncated; reading the rest from the copy.",
+                extra={"path": generation.path, "copy": path, "offset": generation.offset},
+            )
+            generation.reader.close()
+            generation.reader = reader
+            generation.path = path
+            generation.device, generation.inode = key
+            generation.size = max(generation.size, reader.content_size())
+            generation.superseded = True  # a copy does not grow
+            self._ignored.pop(key, None)
+            generation.entry = _moved(entry, path, stat)
+            self._store.set(generation.entry)
+            self.reconcile()  # the live file's new content, after this one
+            return True
+        return False
+
     async def _idle(self) -> None:
         """Nothing to read: ship records that waited long enough for more, wait, look again."""
+        if self._lingering:
+            await self._check_lingering()
         self.flush_pending(everything=False)
         await self._pause()
         self.reconcile()

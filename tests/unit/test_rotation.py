@@ -19,6 +19,7 @@ from shipper.sources.rotation import (
     KubeletRotation,
     LogrotateRotation,
     Rotation,
+    logrotate_live_name,
 )
 
 DOCKER_BASE = "4f7c" * 16 + "-json.log"
@@ -462,3 +463,22 @@ def test_every_state_a_writer_leaves_lists_each_content_once_in_order(
     assert len(directory.listings) > 30
     assert len(directory.files) > 2  # the writer kept several generations
     check_listings(directory, rotation(base))
+
+
+@pytest.mark.parametrize(
+    ("name", "live"),
+    [
+        ("app.log.1", "app.log"),
+        ("app.log.2.gz", "app.log"),
+        ("app.log-20240101", "app.log"),
+        ("app.log-20240101.gz", "app.log"),
+        ("app.log.2024-01-01", "app.log"),
+        ("app.log", None),
+        ("app.log.bak", None),
+        ("notes.txt", None),
+    ],
+)
+def test_logrotate_live_name_finds_the_file_a_generation_belongs_to(
+    name: str, live: str | None
+) -> None:
+    assert logrotate_live_name(name) == live
