@@ -48,5 +48,11 @@ class RetryableSinkError(SinkError):
     """A delivery failure that may succeed if the same batch is sent again later."""
 
 
+class HeldSinkError(RetryableSinkError):
+    """The destination refuses for a reason only an operator can fix (credentials, privileges, a
+    missing index): retried without limit and reported loudly at every attempt, never
+    dead-lettered, so no checkpoint moves past what was refused."""
+
+
 class FatalSinkError(SinkError):
     """A delivery failure that sending the same batch again cannot fix."""

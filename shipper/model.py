@@ -196,6 +196,9 @@ class BatchResult:
 
     outcomes: list[Outcome]
     reasons: dict[int, str] = field(default_factory=dict)  # index → why it was dead-lettered
+    # Set when the records left RETRY were refused for a reason only an operator can fix
+    # (privileges, a missing index): they are retried without limit, never dead-lettered.
+    held: str | None = None
     # Set when some outcomes are AWAITING_ACK: resolves to the result once the destination has
     # confirmed (or refused) them, e.g. Splunk indexer acknowledgements.
     acknowledged: Awaitable[BatchResult] | None = None

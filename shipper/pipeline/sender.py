@@ -15,7 +15,7 @@ from tenacity import (
 )
 from tenacity.stop import StopBaseT
 
-from shipper.errors import RetryableSinkError
+from shipper.errors import HeldSinkError, RetryableSinkError
 from shipper.model import FINAL_OUTCOMES, Batch, BatchResult, Outcome, RecordGroup
 from shipper.sinks import Sink
 from shipper.telemetry.counters import Telemetry
@@ -51,7 +51,7 @@ class Sender:
         # "Full jitter": a random wait up to the exponential bound, so many shippers retrying
         # the same destination spread out instead of arriving together.
         self._backoff = wait_random_exponential(multiplier=initial_backoff, max=max_backoff)
-        self._stop: StopBaseT = (
+        self._limit: StopBaseT = (
             stop_never if max_attempts == 0 else stop_after_attempt(max_attempts)
         )
         self._dead_letter = dead_letter
@@ -72,7 +72,7 @@ class Sender:
                 with attempt:
                     try:
                         await self._attempt(pending)
-                    except _PartialRetry as partial:
+                    except (_PartialRetry, _PartialHeld) as partial:
                         pending = partial.remaining
                         raise
         except RetryableSinkError as exc:
@@ -113,6 +113,8 @@ class Sender:
             self._telemetry.inc("shipper_records_total", count, output=self.output, outcome=outcome)
         if any(retry):
             remaining = batch.subset(retry)
+            if result.held is not None:
+                raise _PartialHeld(result.held, remaining)
             raise _PartialRetry(len(remaining), len(batch), remaining)
 
     def _check_count(self, result: BatchResult, batch: Batch) -> None:
@@ -131,6 +133,14 @@ class Sender:
             outcome=Outcome.DEAD_LETTERED,
         )
 
+    def _stop(self, state: RetryCallState) -> bool:
+        """The attempt limit ends retrying, except for refusals only an operator can fix:
+        dead-lettering those would move checkpoints past data the destination never took."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, HeldSinkError):
+            return False
+        return bool(self._limit(state))
+
     def _wait(self, state: RetryCallState) -> float:
         delay = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
@@ -142,6 +152,20 @@ class Sender:
     def _before_sleep(self, state: RetryCallState) -> None:
         self._telemetry.inc("shipper_retries_total", output=self.output)
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, HeldSinkError):
+            # Said at every attempt, at error level: nothing ships until someone acts.
+            self._telemetry.inc("shipper_output_held_total", output=self.output)
+            log.error(
+                "Output refuses the data; holding it (nothing is lost, checkpoints wait) until "
+                "this is fixed.",
+                extra={
+                    "output": self.output,
+                    "attempt": state.attempt_number,
+                    "delay_s": round(state.upcoming_sleep, 3),
+                    "error": str(exc),
+                },
+            )
+            return
         log.warning(
             "Output failed; retrying.",
             extra={
@@ -151,6 +175,15 @@ class Sender:
                 "error": str(exc),
             },
         )
+
+
+class _PartialHeld(HeldSinkError):
+    """Records of a batch refused for a reason only an operator can fix; `remaining` is what
+    the next attempt sends."""
+
+    def __init__(self, reason: str, remaining: Batch) -> None:
+        super().__init__(reason)
+        self.remaining = remaining
 
 
 class _PartialRetry(RetryableSinkError):

@@ -61,6 +61,12 @@ DEFINITIONS: dict[str, Definition] = {
         "timeout, or because the container stopped or its files are gone.",
         ("source", "kind", "reason"),
     ),
+    "shipper_output_held_total": Definition(
+        Kind.COUNTER,
+        "Attempts an output refused for a reason only an operator can fix (credentials, "
+        "privileges, a missing index); its data is held, never dead-lettered.",
+        ("output",),
+    ),
     "shipper_files_closed_total": Definition(
         Kind.COUNTER, "Log files closed after they were drained or removed.", ("source",)
     ),

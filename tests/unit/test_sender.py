@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tenacity import Future, RetryCallState
 
-from shipper.errors import FatalSinkError, RetryableSinkError
+from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, LogFile, Outcome, RecordGroup
 from shipper.pipeline.sender import MAX_RETRY_AFTER, Sender
 from shipper.telemetry.counters import Telemetry
@@ -320,3 +320,38 @@ async def test_empty_batch_completes() -> None:
     sender, dead, _ = make_sender(sink)
     await asyncio.wait_for(sender.deliver(Batch.of([])), 2)
     assert dead.calls == []
+
+
+async def test_a_refusal_only_an_operator_can_fix_is_held_past_max_attempts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Credentials rejected five times with max_attempts 2: still retried, said at error level
+    every time, never dead-lettered; delivered once fixed."""
+    group = make_group(2)
+    refused = HeldSinkError("401 Unauthorized: the API key is not valid")
+    sink = ScriptedSink(*([refused] * 5))
+    sender, dead, telemetry = make_sender(sink, max_attempts=2)
+    with caplog.at_level(logging.ERROR, logger="shipper.pipeline.sender"):
+        await sender.deliver(Batch.of([group]))
+    assert len(sink.sent) == 6
+    assert dead.records == []
+    assert records_total(telemetry, D) == 2
+    assert telemetry.value("shipper_output_held_total", output="out") == 5
+    held = [r for r in caplog.records if "holding it" in r.getMessage()]
+    assert len(held) == 5
+    assert all(r.levelno == logging.ERROR for r in held)
+
+
+async def test_records_held_by_the_destination_are_resent_alone_past_max_attempts() -> None:
+    """Per-record refusals (a missing index, no privilege on one target) come back RETRY with
+    `held` set: the others are final at once, the held ones resent without limit."""
+    group = make_group(3)
+    held = BatchResult([D, R, D], held="index_not_found_exception")
+    sink = ScriptedSink(
+        held, BatchResult([R], held="index_not_found_exception"), BatchResult([R], held="x")
+    )
+    sender, dead, telemetry = make_sender(sink, max_attempts=1)
+    await sender.deliver(Batch.of([group]))
+    assert [[index for _, index in sent] for sent in sink.sent] == [[0, 1, 2], [1], [1], [1]]
+    assert dead.records == []
+    assert records_total(telemetry, D) == 3
