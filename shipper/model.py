@@ -140,6 +140,9 @@ class RecordGroup:
     settlement: Settlement | None = None
     invalid_json: int = 0  # lines shipped as raw text because they were not Docker JSON entries
     invalid_time: int = 0  # entries whose time was unusable; they carry the read time
+    # Lines this group was decoded from, when it differs from its records (multiline joined
+    # some, or holds some back for the next group); None: one record per line.
+    lines_read: int | None = None
     # The finished NDJSON line of each record, when processing built them (processors work on
     # whole documents); None: the encoders build each record from the columns above.
     documents: list[bytes] | None = None

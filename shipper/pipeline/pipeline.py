@@ -39,7 +39,8 @@ class Pipeline:
         group = decode(chunk, ticket)
         source = chunk.file.source
         telemetry = self._telemetry
-        telemetry.inc("shipper_lines_read_total", len(group), source=source)
+        lines = len(group) if group.lines_read is None else group.lines_read
+        telemetry.inc("shipper_lines_read_total", lines, source=source)
         telemetry.inc("shipper_bytes_read_total", size, source=source)
         if group.invalid_json:
             telemetry.inc("shipper_invalid_lines_total", group.invalid_json, source=source)

@@ -670,7 +670,9 @@ class ContainerFollower:
         )
         multiline = self._shaping.multiline
         if multiline is not None:
+            lines = len(group)
             group = multiline.apply(group, hold, now)
+            group.lines_read = lines
         self._finish_group(group)
         return group
 

@@ -382,6 +382,9 @@ async def test_stack_traces_split_by_rotations_arrive_as_one_record_each(tmp_pat
     assert all("flags" not in d["log"] for d in documents)
     # Records that began in an older file name that file.
     assert len({d["log"]["file"]["path"] for d in documents}) > 10
+    # Lines are counted as lines, records as records.
+    lines = sum(message.count("\n") + 1 for message in expected)
+    assert app.telemetry.value("shipper_lines_read_total", source="docker") == lines
     # The last record had no next line to end it: the flush timeout shipped it, counted.
     flushed = app.telemetry.value(
         "shipper_pending_flushed_total", source="docker", kind="multiline", reason="timeout"
