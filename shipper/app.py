@@ -14,6 +14,7 @@ from shipper.config import (
     ConsoleOutputConfig,
     CriSourceConfig,
     DockerJsonSourceConfig,
+    ElasticsearchOutputConfig,
     FileOutputConfig,
     FilesSourceConfig,
     OutputConfig,
@@ -37,20 +38,35 @@ from shipper.telemetry.counters import Telemetry
 log = logging.getLogger(__name__)
 
 
-def _file_sink(config: OutputConfig) -> Sink:
+def _file_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
+    del name, telemetry  # a file needs neither
     assert isinstance(config, FileOutputConfig)  # noqa: S101 - the registry key guarantees it
     return FileSink(config.path, fsync=config.fsync)
 
 
-def _console_sink(config: OutputConfig) -> Sink:
+def _console_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
+    del name, telemetry  # the console needs neither
     assert isinstance(config, ConsoleOutputConfig)  # noqa: S101 - the registry key guarantees it
     return ConsoleSink(config.stream)
 
 
+def _elasticsearch_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
+    # Imported here: the Elasticsearch client takes a while to import, and most configs
+    # without this output never need it.
+    from shipper.sinks.elasticsearch import ElasticsearchSink  # noqa: PLC0415
+
+    assert isinstance(config, ElasticsearchOutputConfig)  # noqa: S101 - the registry key guarantees it
+    return ElasticsearchSink(config, name=name, telemetry=telemetry)
+
+
+# Builds an output's sink from its name, its config and the app's telemetry.
+SinkFactory = Callable[[str, OutputConfig, Telemetry], Sink]
+
 # Output types by their `type:` in the config; an explicit table, not import side effects.
-SINKS: dict[str, Callable[[OutputConfig], Sink]] = {
+SINKS: dict[str, SinkFactory] = {
     "file": _file_sink,
     "console": _console_sink,
+    "elasticsearch": _elasticsearch_sink,
 }
 
 
@@ -116,7 +132,7 @@ class App:
         config: Config,
         *,
         telemetry: Telemetry | None = None,
-        sinks: dict[str, Callable[[OutputConfig], Sink]] | None = None,
+        sinks: dict[str, SinkFactory] | None = None,
     ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry()
@@ -132,7 +148,7 @@ class App:
         self.started = asyncio.Event()
 
     def _build_output(self, name: str, config: OutputConfig) -> OutputRunner:
-        sink = self._sinks[config.type](config)
+        sink = self._sinks[config.type](name, config, self.telemetry)
         sender = Sender(
             name,
             sink,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -19,6 +22,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
+    SecretStr,
     ValidationError,
     model_validator,
 )
@@ -42,8 +47,12 @@ __all__ = [
     "DockerJsonSourceConfig",
     "DropFieldsConfig",
     "Duration",
+    "ElasticsearchCompressionConfig",
+    "ElasticsearchOutputConfig",
+    "ElasticsearchTlsConfig",
     "FileOutputConfig",
     "FilesSourceConfig",
+    "IndexName",
     "LogLevelConfig",
     "LoggingConfig",
     "MultilineConfig",
@@ -748,8 +757,311 @@ class ConsoleOutputConfig(_OutputBase):
     stream: Literal["stdout", "stderr"] = "stdout"
 
 
+# -- the elasticsearch output -------------------------------------------------------------------
+
+# Characters Elasticsearch refuses in index and data stream names (besides upper case).
+_INDEX_FORBIDDEN = frozenset('\\/*?"<>|,#: ')
+# Date codes an index name may hold, formatted from each record's @timestamp (UTC). Others (%c,
+# %p, %Z...) would put spaces, capitals or locale text into a name.
+INDEX_DATE_CODES = frozenset("YmdHyjGV")
+_TEMPLATE_TOKEN_RE = re.compile(
+    r"\{(?P<field>[^{}]*)\}|%(?P<code>.?)|(?P<text>[^{}%]+)|(?P<stray>.)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexName:
+    """An index or data stream name as configured: literal text, date codes (`%Y`, `%m`, `%d`,
+    `%H`...: UTC, from each record's @timestamp) and `{field.path}` references to a field of the
+    record. `parts` holds literal text (date codes kept, for strftime) and field paths."""
+
+    text: str
+    parts: tuple[str | tuple[str, ...], ...]
+
+    @property
+    def fields(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(part for part in self.parts if isinstance(part, tuple))
+
+    @property
+    def dated(self) -> bool:
+        return any(isinstance(part, str) and "%" in part for part in self.parts)
+
+    @property
+    def hourly(self) -> bool:
+        return any(isinstance(part, str) and "%H" in part for part in self.parts)
+
+
+def _index_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("config_index_name", message)
+
+
+def _parse_index_name(value: object) -> IndexName:
+    if not isinstance(value, str):
+        raise PydanticCustomError("config_index_name", "expected a string")
+    if not value:
+        raise _index_error("must not be empty")
+    parts = _index_parts(value)
+    _check_index_text(parts)
+    return IndexName(value, parts)
+
+
+def _index_parts(value: str) -> tuple[str | tuple[str, ...], ...]:
+    """Literal text (date codes kept) and field paths, in order."""
+    parts: list[str | tuple[str, ...]] = []
+    literal = ""
+    for match in _TEMPLATE_TOKEN_RE.finditer(value):
+        if match["field"] is not None:
+            if _FIELD_PATH_RE.fullmatch(match["field"]) is None:
+                raise _index_error("{...} must hold a dotted field path, e.g. {container.name}")
+            if literal:
+                parts.append(literal)
+                literal = ""
+            parts.append(tuple(match["field"].split(".")))
+        elif match["code"] is not None:
+            if match["code"] not in INDEX_DATE_CODES:
+                raise _index_error(
+                    "unsupported date code after %: use %Y, %m, %d, %H, %y, %j, %G or %V"
+                )
+            literal += "%" + match["code"]
+        elif match["text"] is not None:
+            literal += match["text"]
+        else:
+            raise _index_error("unbalanced { or }: a field is written {field.path}")
+    if literal:
+        parts.append(literal)
+    return tuple(parts)
+
+
+def _check_index_text(parts: tuple[str | tuple[str, ...], ...]) -> None:
+    """Elasticsearch's naming rules, on the literal text (field values are checked per record)."""
+    # What the literal text looks like once dated: digits where the codes are.
+    static = "".join(re.sub(r"%.", "0", part) for part in parts if isinstance(part, str))
+    if static != static.lower():
+        raise _index_error("Elasticsearch names must be lowercase")
+    if _INDEX_FORBIDDEN.intersection(static) or any(c.isspace() for c in static):
+        raise _index_error(
+            'holds a character Elasticsearch does not allow in names: \\ / * ? " < > | , # : '
+            "or a space"
+        )
+    if isinstance(parts[0], str) and parts[0][0] in "-_+":
+        raise _index_error("Elasticsearch names must not start with -, _ or +")
+    if len(static.encode()) > 255:
+        raise _index_error("longer than the 255 bytes Elasticsearch allows")
+    if static in (".", "..") and len(parts) == 1:
+        raise _index_error("not a valid Elasticsearch name")
+
+
+_IndexName = Annotated[IndexName, PlainValidator(_parse_index_name)]
+
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Set by shipper itself (body format, compression) or by the credential options.
+_RESERVED_HEADERS = frozenset(
+    {"accept", "authorization", "content-encoding", "content-length", "content-type", "host"}
+)
+
+
+def _header_name(value: str) -> str:
+    if _HEADER_NAME_RE.fullmatch(value) is None:
+        raise PydanticCustomError("config_header", "not a valid HTTP header name")
+    if value.lower() in _RESERVED_HEADERS:
+        raise PydanticCustomError(
+            "config_header",
+            "set by shipper itself (credentials go in username/password, api_key or bearer_token)",
+        )
+    return value
+
+
+def _elasticsearch_url(value: str) -> str:
+    """The URL with its port: 9200 when none is given, as Filebeat does."""
+    invalid = PydanticCustomError(
+        "config_url", "expected an http:// or https:// URL such as https://es.example.com:9200"
+    )
+    try:
+        url = urlsplit(value.strip())
+        port = url.port
+    except ValueError:
+        raise invalid from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise invalid
+    # The URL is logged and shown in errors; credentials have options of their own, kept secret.
+    if url.username is not None or url.password is not None:
+        raise PydanticCustomError(
+            "config_url_credentials",
+            "credentials in the URL are not allowed: use username and password, api_key or "
+            "bearer_token",
+        )
+    if url.query or url.fragment:
+        raise PydanticCustomError("config_url", "a query or fragment is not allowed in the URL")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return f"{url.scheme}://{host}:{port or 9200}{url.path.rstrip('/')}"
+
+
+def _cloud_id(value: str) -> str:
+    # name:base64("host$es-uuid$kibana-uuid"), as the Elastic Cloud console shows it.
+    _, _, encoded = value.rpartition(":")
+    try:
+        decoded = base64.b64decode(encoded.encode(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    if "$" not in decoded:
+        raise PydanticCustomError(
+            "config_cloud_id", "not an Elastic Cloud id (name:base64 text from the console)"
+        )
+    return value
+
+
+def _non_empty_secret(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise PydanticCustomError("config_empty", "must not be empty")
+    return value
+
+
+_Secret = Annotated[SecretStr, AfterValidator(_non_empty_secret)]
+
+
+class ElasticsearchTlsConfig(_Model):
+    """How the Elasticsearch certificate is checked, and the client certificate, if any."""
+
+    ca_file: _Path | None = None  # PEM bundle; None = the CA bundle shipped with Python (certifi)
+    verify: bool = True
+    client_cert: _Path | None = None
+    client_key: _Path | None = None  # None: the key is in client_cert
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if self.client_key is not None and self.client_cert is None:
+            raise PydanticCustomError("config_tls", "client_key needs client_cert")
+        return self
+
+
+class ElasticsearchCompressionConfig(_Model):
+    """gzip request bodies: less network for some CPU (level 1 gets most of the gain)."""
+
+    enabled: bool = False
+    level: int = Field(default=1, ge=1, le=9)
+
+
+class ElasticsearchOutputConfig(_OutputBase):
+    """Indexes records in Elasticsearch 8.x or 9.x with the `_bulk` API, each exactly once
+    within one backing index (a deterministic `_id` with the `create` action)."""
+
+    type: Literal["elasticsearch"]
+    # Where: `hosts` (URLs; requests go round them, failing ones are rested) or `cloud_id`.
+    hosts: (
+        Annotated[list[Annotated[str, AfterValidator(_elasticsearch_url)]], Field(min_length=1)]
+        | None
+    ) = None
+    cloud_id: Annotated[str, AfterValidator(_cloud_id)] | None = None
+    # Who: one of username + password, api_key ("id:key" or the encoded form) or bearer_token.
+    # The *_file forms name a file read at start (e.g. a mounted secret), surrounding spaces cut.
+    username: str | None = None
+    password: _Secret | None = None
+    password_file: _Path | None = None
+    api_key: _Secret | None = None
+    api_key_file: _Path | None = None
+    bearer_token: _Secret | None = None
+    bearer_token_file: _Path | None = None
+    tls: ElasticsearchTlsConfig = Field(default_factory=ElasticsearchTlsConfig)
+    headers: dict[Annotated[str, AfterValidator(_header_name)], str] = Field(default_factory=dict)
+    timeout: _PositiveDuration = 30.0  # per request
+    compression: ElasticsearchCompressionConfig = Field(
+        default_factory=ElasticsearchCompressionConfig
+    )
+    # What: a data stream (the default) or an index; either may name record fields, the index
+    # also date codes. A name built from fields must match `allowed_indices`, else (or when a
+    # field is missing) the record goes to `fallback_index`.
+    data_stream: _IndexName | None = Field(
+        default_factory=lambda: _parse_index_name("logs-docker-default")
+    )
+    index: _IndexName | None = None
+    allowed_indices: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    fallback_index: _IndexName | None = None
+    pipeline: Annotated[str, Field(min_length=1)] | None = None
+    # A batch is cut into several `_bulk` requests so that none is larger (before compression).
+    max_request_bytes: Annotated[ByteSize, AfterValidator(_at_least(KiB, "1KiB"))] = 5 * MiB
+
+    @property
+    def target(self) -> IndexName:
+        """The index or data stream name records are written to."""
+        target = self.index if self.index is not None else self.data_stream
+        assert target is not None  # noqa: S101 - the validator requires one
+        return target
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = [*self._where(), *self._who(), *self._what()]
+        if problems:
+            raise PydanticCustomError(
+                "config_elasticsearch", "{problems}", {"problems": "; ".join(problems)}
+            )
+        return self
+
+    def _where(self) -> list[str]:
+        if (self.hosts is None) == (self.cloud_id is None):
+            return ["give `hosts` or `cloud_id` (one of them)"]
+        return []
+
+    def _who(self) -> list[str]:
+        problems = []
+        pairs = (
+            ("password", self.password, self.password_file),
+            ("api_key", self.api_key, self.api_key_file),
+            ("bearer_token", self.bearer_token, self.bearer_token_file),
+        )
+        methods = 0
+        for name, inline, from_file in pairs:
+            if inline is not None and from_file is not None:
+                problems.append(f"give `{name}` or `{name}_file`, not both")
+            methods += inline is not None or from_file is not None
+        has_password = self.password is not None or self.password_file is not None
+        if has_password != (self.username is not None):
+            problems.append("`username` and `password` (or `password_file`) go together")
+        if methods > 1:
+            problems.append(
+                "choose one way to authenticate: username/password, api_key or bearer_token"
+            )
+        return problems
+
+    def _what(self) -> list[str]:
+        if self.index is not None and self.data_stream is not None:
+            if "data_stream" in self.model_fields_set:
+                return ["give `data_stream` or `index`, not both"]
+        elif self.index is None and self.data_stream is None:
+            return ["give `data_stream` or `index`"]
+        problems = []
+        if self.index is None and self.target.dated:
+            problems.append(
+                "data_stream: date codes belong in `index`; a data stream rolls over by itself"
+            )
+        return problems + self._routing()
+
+    def _routing(self) -> list[str]:
+        problems = []
+        if self.target.fields:
+            # A field's value (a container label...) is chosen by whoever starts the container:
+            # without a list of allowed names it could write into any index.
+            if not self.allowed_indices:
+                problems.append("allowed_indices: required when the target names record fields")
+            if self.fallback_index is None:
+                problems.append("fallback_index: required when the target names record fields")
+        else:
+            if self.allowed_indices:
+                problems.append("allowed_indices: only used when the target names record fields")
+            if self.fallback_index is not None:
+                problems.append("fallback_index: only used when the target names record fields")
+        fallback = self.fallback_index
+        if fallback is not None:
+            if fallback.fields:
+                problems.append("fallback_index: must not name record fields")
+            if fallback.dated and self.index is None:
+                problems.append("fallback_index: date codes belong in `index` targets")
+        return problems
+
+
 # A new output type is a new class added to this union.
-OutputConfig = Annotated[FileOutputConfig | ConsoleOutputConfig, Field(discriminator="type")]
+OutputConfig = Annotated[
+    FileOutputConfig | ConsoleOutputConfig | ElasticsearchOutputConfig, Field(discriminator="type")
+]
 
 
 class PipelineConfig(_Model):

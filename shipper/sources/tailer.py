@@ -203,7 +203,6 @@ class ContainerFollower:
         # Read to their end after a rename, but their writer may still add lines until it
         # reopens its log (rotation.writes_after_rename): by handle, with when to give up.
         self._lingering: dict[str, tuple[_Generation, float]] = {}
-        self._lingering_checked = 0.0
         self._unsettled: dict[str, _Generation] = {}  # by handle: finished, not yet all settled
         # Listed files with nothing to read, by (device, inode): their (size, mtime), since a
         # deleted file's inode number is soon reused (often by the next `-json.log`) and a
@@ -562,7 +561,9 @@ class ContainerFollower:
         """Read generation after generation until the directory is gone; cancel to stop."""
         try:
             while True:
-                if self._lingering and self._lingering_due():
+                if self._lingering:
+                    # Before the next file: what the writer still added to a renamed one was
+                    # written before what it writes after reopening.
                     await self._check_lingering(give_up=self.gone)
                 if not self._pending:
                     if self.gone and not self._lingering:
@@ -775,13 +776,6 @@ class ContainerFollower:
         except FileNotFoundError:
             return True
         return (stat.st_dev, stat.st_ino) != generation.key
-
-    def _lingering_due(self) -> bool:
-        now = time.monotonic()
-        if now - self._lingering_checked < self._settings.poll_interval:
-            return False
-        self._lingering_checked = now
-        return True
 
     async def _check_lingering(self, *, give_up: bool = False) -> None:
         """Read what the writers of renamed files added since; finish those that did not grow

@@ -113,6 +113,32 @@ DEFINITIONS: dict[str, Definition] = {
     "shipper_redactions_total": Definition(
         Kind.COUNTER, "Secrets replaced by the redact processor.", ("source",)
     ),
+    "shipper_es_requests_total": Definition(
+        Kind.COUNTER,
+        "_bulk requests sent to Elasticsearch, by HTTP status, or timeout, connection_error, "
+        "tls_error, error when there was no answer.",
+        ("output", "status"),
+    ),
+    "shipper_es_request_bytes_total": Definition(
+        Kind.COUNTER, "Bytes of _bulk request bodies before compression.", ("output",)
+    ),
+    "shipper_es_request_sent_bytes_total": Definition(
+        Kind.COUNTER,
+        "Bytes of _bulk request bodies as sent (gzipped when compression is on).",
+        ("output",),
+    ),
+    "shipper_es_items_total": Definition(
+        Kind.COUNTER,
+        "Documents answered in _bulk responses, by status class (2xx, 409, 429, 4xx, 5xx, "
+        "other) and error type (a fixed list of known types; any other counts as `other`, so "
+        "the series stay bounded).",
+        ("output", "status_class", "error_type"),
+    ),
+    "shipper_es_splits_total": Definition(
+        Kind.COUNTER,
+        "_bulk requests cut in halves because Elasticsearch answered 413 (body too large).",
+        ("output",),
+    ),
 }
 
 

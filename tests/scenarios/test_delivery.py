@@ -17,6 +17,7 @@ from shipper.docker_writer import SEQ_PATTERN, DockerRootWriter, realistic_lines
 from shipper.model import Batch, BatchResult
 from shipper.sinks import Sink
 from shipper.sinks.file import FileSink
+from shipper.telemetry.counters import Telemetry
 from tests.helpers import make_config, wait_until
 
 Seqs = dict[tuple[str, str], list[int]]
@@ -135,7 +136,7 @@ async def test_stalled_output_stops_reading_then_resumes_without_loss(tmp_path: 
 
     gate = asyncio.Event()
 
-    def gated(config: OutputConfig) -> Sink:
+    def gated(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
         assert isinstance(config, FileOutputConfig)
         return GatedFileSink(FileSink(config.path, fsync=False), gate)
 

@@ -15,6 +15,7 @@ from shipper.docker_writer import SEQ_PATTERN, ContainerLog, DockerRootWriter, r
 from shipper.model import Batch, BatchResult
 from shipper.sinks import Sink
 from shipper.sinks.file import FileSink
+from shipper.telemetry.counters import Telemetry
 from tests.helpers import wait_until
 
 Seqs = dict[tuple[str, str], list[int]]
@@ -126,7 +127,7 @@ async def test_quiet_containers_are_not_held_back_by_one_writing_100_times_more(
         for n in range(QUIET_CONTAINERS)
     ]
 
-    def slow(config: OutputConfig) -> Sink:
+    def slow(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
         assert isinstance(config, FileOutputConfig)
         return SlowFileSink(FileSink(config.path, fsync=False))
 

@@ -19,6 +19,7 @@ from shipper.config import FileOutputConfig, OutputConfig
 from shipper.docker_writer import SEQ_PATTERN, ContainerLog, DockerRootWriter, realistic_lines
 from shipper.sinks import Sink
 from shipper.sinks.file import FileSink
+from shipper.telemetry.counters import Telemetry
 from tests.helpers import make_config, wait_until
 from tests.scenarios.test_delivery import GatedFileSink, Seqs, delivered, shipped, start
 
@@ -142,7 +143,7 @@ async def test_a_gz_is_not_read_while_its_plain_twin_exists(tmp_path: Path) -> N
 
 
 def gated_sinks(gate: asyncio.Event) -> dict[str, object]:
-    def gated(config: OutputConfig) -> Sink:
+    def gated(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
         assert isinstance(config, FileOutputConfig)
         return GatedFileSink(FileSink(config.path, fsync=False), gate)
 

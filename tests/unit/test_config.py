@@ -17,6 +17,7 @@ from shipper.config import (
     ConsoleOutputConfig,
     CriSourceConfig,
     DockerJsonSourceConfig,
+    ElasticsearchOutputConfig,
     FileOutputConfig,
     FilesSourceConfig,
     load_config,
@@ -142,6 +143,18 @@ def test_examples_load_and_list_every_option_of_their_source(
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     (entry,) = raw["sources"].values()
     _assert_every_option_present(source_type, entry, example)
+
+
+def test_elasticsearch_example_loads_and_lists_every_option_of_its_output() -> None:
+    path = EXAMPLES / "elasticsearch.yaml"
+    config = load_config(path, environ={})
+    (output,) = config.outputs.values()
+    assert isinstance(output, ElasticsearchOutputConfig)
+    # The defaults it lists are the defaults.
+    assert output == ElasticsearchOutputConfig(type="elasticsearch", hosts=output.hosts)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (entry,) = raw["outputs"].values()
+    _assert_every_option_present(ElasticsearchOutputConfig, entry, "elasticsearch.yaml")
 
 
 def test_load_config_from_file(tmp_path: Path) -> None:
@@ -359,7 +372,8 @@ def test_every_problem_is_reported_one_per_line() -> None:
         "config.yaml: sources.docker.watch: expected true or false",
         "config.yaml: outputs.archive.max_in_flight: must be less than or equal to 64",
         "config.yaml: outputs.archive.path: missing required option",
-        "config.yaml: outputs.other.type: unknown type: expected one of 'file', 'console'",
+        "config.yaml: outputs.other.type: unknown type: expected one of 'file', 'console', "
+        "'elasticsearch'",
         "config.yaml: logging.level: expected 'debug', 'info', 'warning' or 'error'",
     ]
 
