@@ -401,10 +401,10 @@ class ElasticsearchSink:
     # -- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        credentials = await asyncio.to_thread(self._read_credentials)
+        credentials = await asyncio.to_thread(self.read_credentials)
         self._secrets = credentials.secrets()
         try:
-            self._client = AsyncElasticsearch(**self._client_options(credentials))
+            self._client = AsyncElasticsearch(**self.client_options(credentials))
         except (ValueError, OSError) as exc:
             # The client's own words (a missing CA file...) name paths, never a secret; scrubbed
             # all the same, and not chained, so no traceback can show more.
@@ -429,7 +429,9 @@ class ElasticsearchSink:
             client, self._client = self._client, None
             await client.close()
 
-    def _read_credentials(self) -> _Credentials:
+    def read_credentials(self) -> _Credentials:
+        """The configured secrets, read from their files where so configured (also for `shipper
+        setup` and `test-output`, which build their client as this output does)."""
         config = self.config
 
         def pick(option: str, inline: Any, path: Path | None) -> str | None:
@@ -455,7 +457,8 @@ class ElasticsearchSink:
             bearer_token=pick("bearer_token_file", config.bearer_token, config.bearer_token_file),
         )
 
-    def _client_options(self, credentials: _Credentials) -> dict[str, Any]:
+    def client_options(self, credentials: _Credentials) -> dict[str, Any]:
+        """Keyword arguments for AsyncElasticsearch: this output's connection, retries off."""
         config = self.config
         tls = config.tls
         options: dict[str, Any] = {
