@@ -78,45 +78,23 @@ class Source(Protocol):
     async def run(self) -> None: ...
 
 
-def _docker_json_source(
+def build_source(
     name: str,
     config: SourceConfig,
     store: CheckpointStore,
     pipeline: Pipeline,
     telemetry: Telemetry,
 ) -> Source:
-    assert isinstance(config, DockerJsonSourceConfig)  # noqa: S101 - the registry key guarantees it
-    return DockerJsonSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
-
-
-def _cri_source(
-    name: str,
-    config: SourceConfig,
-    store: CheckpointStore,
-    pipeline: Pipeline,
-    telemetry: Telemetry,
-) -> Source:
-    assert isinstance(config, CriSourceConfig)  # noqa: S101 - the registry key guarantees it
-    return CriSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
-
-
-def _files_source(
-    name: str,
-    config: SourceConfig,
-    store: CheckpointStore,
-    pipeline: Pipeline,
-    telemetry: Telemetry,
-) -> Source:
-    assert isinstance(config, FilesSourceConfig)  # noqa: S101 - the registry key guarantees it
-    return FilesSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
-
-
-# Source types by their `type:` in the config, like SINKS.
-SOURCES: dict[str, Callable[[str, SourceConfig, CheckpointStore, Pipeline, Telemetry], Source]] = {
-    "docker_json": _docker_json_source,
-    "cri": _cri_source,
-    "files": _files_source,
-}
+    """The source a config describes: its `type:` chose the config class, which chooses this."""
+    match config:
+        case DockerJsonSourceConfig():
+            return DockerJsonSource(
+                name, config, store=store, pipeline=pipeline, telemetry=telemetry
+            )
+        case CriSourceConfig():
+            return CriSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+        case FilesSourceConfig():
+            return FilesSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
 
 
 class App:
@@ -194,7 +172,7 @@ class App:
         for output in self.outputs:
             await output.sink.open()
         self.sources = [
-            SOURCES[cfg.type](name, cfg, self.store, self.pipeline, self.telemetry)
+            build_source(name, cfg, self.store, self.pipeline, self.telemetry)
             for name, cfg in self.config.sources.items()
         ]
         output_tasks = [
