@@ -166,8 +166,14 @@ class Sender:
                 },
             )
             return
-        log.warning(
-            "Output failed; retrying.",
+        # Some records refused for now (a busy cluster's per-item 429) is the destination
+        # pushing back, not a failure: said at info, counted in shipper_retries_total.
+        level = logging.INFO if isinstance(exc, _PartialRetry) else logging.WARNING
+        log.log(
+            level,
+            "Output failed; retrying."
+            if level == logging.WARNING
+            else "Resending refused records.",
             extra={
                 "output": self.output,
                 "attempt": state.attempt_number,
