@@ -21,11 +21,10 @@ from shipper.config import (
     SourceConfig,
 )
 from shipper.errors import ShipperError
-from shipper.model import RecordGroup
 from shipper.pipeline.budget import ByteBudget
 from shipper.pipeline.output import OutputRunner
 from shipper.pipeline.pipeline import Pipeline
-from shipper.pipeline.sender import Sender
+from shipper.pipeline.sender import Rejected, Sender
 from shipper.sinks import Sink
 from shipper.sinks.console import ConsoleSink
 from shipper.sinks.dead_letter import DeadLetterFile
@@ -148,7 +147,7 @@ class App:
             telemetry=self.telemetry,
         )
 
-    async def _dead_letter(self, output: str, rejected: list[tuple[RecordGroup, int, str]]) -> None:
+    async def _dead_letter(self, output: str, rejected: list[Rejected]) -> None:
         await self.dead_letters.write(output, rejected)
         log.warning(
             "Records dead-lettered.",

@@ -193,12 +193,24 @@ class Batch:
         return Batch(groups, selection)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a destination refused a record for good, as the dead-letter file records it."""
+
+    reason: str
+    status: int | None = None  # the destination's status for this record (e.g. HTTP 400)
+    error_type: str | None = None  # its error type (e.g. document_parsing_exception)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 @dataclass(slots=True)
 class BatchResult:
     """One outcome per record of a batch, in `Batch.records()` order, and why any was rejected."""
 
     outcomes: list[Outcome]
-    reasons: dict[int, str] = field(default_factory=dict)  # index → why it was dead-lettered
+    reasons: dict[int, str | Rejection] = field(default_factory=dict)  # index → why rejected
     # Set when the records left RETRY were refused for a reason only an operator can fix
     # (privileges, a missing index): they are retried without limit, never dead-lettered.
     held: str | None = None

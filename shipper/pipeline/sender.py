@@ -16,11 +16,14 @@ from tenacity import (
 from tenacity.stop import StopBaseT
 
 from shipper.errors import HeldSinkError, RetryableSinkError
-from shipper.model import FINAL_OUTCOMES, Batch, BatchResult, Outcome, RecordGroup
+from shipper.model import FINAL_OUTCOMES, Batch, BatchResult, Outcome, RecordGroup, Rejection
 from shipper.sinks import Sink
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
+
+# A record refused for good: its group, its index there, and why.
+Rejected = tuple[RecordGroup, int, str | Rejection]
 
 # A server's Retry-After is honoured, but a hostile one cannot park an output for a day.
 MAX_RETRY_AFTER = 300.0
@@ -43,7 +46,7 @@ class Sender:
         initial_backoff: float,
         max_backoff: float,
         max_attempts: int,
-        dead_letter: Callable[[str, list[tuple[RecordGroup, int, str]]], Awaitable[None]],
+        dead_letter: Callable[[str, list[Rejected]], Awaitable[None]],
         telemetry: Telemetry,
     ) -> None:
         self.output = output
@@ -95,7 +98,7 @@ class Sender:
                     "shipper_records_total", len(outcomes), output=self.output, outcome=first
                 )
                 return
-        rejected: list[tuple[RecordGroup, int, str]] = []
+        rejected: list[Rejected] = []
         retry = [False] * len(result.outcomes)
         tally: dict[Outcome, int] = {}
         for n, ((group, index), outcome) in enumerate(
@@ -124,7 +127,7 @@ class Sender:
                 f"for {len(batch)} records"
             )
 
-    async def _reject(self, rejected: list[tuple[RecordGroup, int, str]]) -> None:
+    async def _reject(self, rejected: list[Rejected]) -> None:
         await self._dead_letter(self.output, rejected)
         self._telemetry.inc(
             "shipper_records_total",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from shipper.model import RecordGroup
+from shipper.model import RecordGroup, Rejection
 from shipper.sinks.ecs import encode_spliced
 
 
@@ -24,14 +24,19 @@ class DeadLetterFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    async def write(self, output: str, rejected: Sequence[tuple[RecordGroup, int, str]]) -> None:
+    async def write(
+        self, output: str, rejected: Sequence[tuple[RecordGroup, int, str | Rejection]]
+    ) -> None:
         now = time.time()
         lines = b"".join(
             orjson.dumps(
                 {
                     "time": now,
                     "output": output,
-                    "reason": reason,
+                    "reason": str(reason),
+                    # What the destination said, where it said it: for scripts that sort the
+                    # file by cause (a mapping conflict, a parse error...).
+                    **_details(reason),
                     "log_file": group.file.path,
                     "offset": group.offsets[index],
                     # The record exactly as the outputs got it: processed and redacted when
@@ -54,3 +59,14 @@ class DeadLetterFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _details(reason: str | Rejection) -> dict[str, object]:
+    if not isinstance(reason, Rejection):
+        return {}
+    details: dict[str, object] = {}
+    if reason.status is not None:
+        details["status"] = reason.status
+    if reason.error_type is not None:
+        details["error_type"] = reason.error_type
+    return details

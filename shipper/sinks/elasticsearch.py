@@ -30,7 +30,7 @@ from elasticsearch import ConnectionError as ClientConnectionError
 
 from shipper.config import ElasticsearchOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
-from shipper.model import Batch, BatchResult, Outcome, RecordGroup
+from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
 from shipper.sinks.ecs import build_document, encode_spliced
 from shipper.sinks.record_ids import record_ids
 from shipper.telemetry.counters import Telemetry
@@ -344,7 +344,7 @@ class _Progress:
 
     def __init__(self, count: int) -> None:
         self.outcomes = [Outcome.RETRY] * count
-        self.reasons: dict[int, str] = {}
+        self.reasons: dict[int, str | Rejection] = {}
         self.held: str | None = None
         self.done = 0
 
@@ -653,9 +653,11 @@ class ElasticsearchSink:
         except _TooLargeError:
             if end - start == 1:
                 progress.outcomes[start] = Outcome.DEAD_LETTERED
-                progress.reasons[start] = (
+                progress.reasons[start] = Rejection(
                     f"413: the document ({len(body)} bytes with its action line) is larger than "
-                    "the cluster accepts (http.max_content_length)"
+                    "the cluster accepts (http.max_content_length)",
+                    status=413,
+                    error_type="request_entity_too_large",
                 )
                 progress.done = end
                 return
@@ -784,7 +786,9 @@ class ElasticsearchSink:
                 # The document itself is refused (mapping, parsing, a field limit): sending it
                 # again cannot help, so it goes to the dead-letter file with why.
                 outcomes[position] = Outcome.DEAD_LETTERED
-                progress.reasons[position] = f"{status} {kind}: {self._scrub(reason)}"[:_MAX_REASON]
+                progress.reasons[position] = Rejection(
+                    f"{status} {kind}: {self._scrub(reason)}"[:_MAX_REASON], status, kind
+                )
             # Anything else (another 4xx, no status at all) stays RETRY: it is no proof that
             # the document is bad, and retrying loses nothing where dead-lettering could.
         for (status_class, error_type), amount in tally.items():

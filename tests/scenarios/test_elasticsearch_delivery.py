@@ -398,6 +398,7 @@ def check_dead_letters(
         assert isinstance(letter["time"], float)
         assert "400" in letter["reason"], letter
         assert "document_parsing_exception" in letter["reason"], letter
+        assert (letter["status"], letter["error_type"]) == (400, "document_parsing_exception")
         assert f"failed to parse field [{field}]" in letter["reason"], letter
         assert letter["log_file"] == str(log.log_path)
         assert letter["document"]["status"] == (200 if field == "@timestamp" else "not-a-number")
@@ -492,6 +493,7 @@ async def test_a_413_splits_the_request_and_dead_letters_only_a_record_too_large
     [letter] = dead_letters(app)
     assert letter["document"]["message"] == huge
     assert "413" in letter["reason"]
+    assert letter["status"] == 413
     requests = es.bulk_requests()
     too_large = [request for request in requests if request.status == 413]
     assert len(too_large) >= 2  # a batch (at least once) and the huge record alone

@@ -22,7 +22,7 @@ from shipper.app import App
 from shipper.config import ConfigError, ElasticsearchOutputConfig, parse_config
 from shipper.docker_writer import DockerRootWriter
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
-from shipper.model import Batch, Enrichment, LogFile, Outcome, RecordGroup
+from shipper.model import Batch, Enrichment, LogFile, Outcome, RecordGroup, Rejection
 from shipper.pipeline.sender import Sender
 from shipper.sinks.elasticsearch import ElasticsearchSink, RetryLaterError
 from shipper.sinks.record_ids import record_ids
@@ -109,7 +109,9 @@ class DeadLetters:
         self.records: list[tuple[str, str]] = []  # message, reason
 
     async def __call__(self, output: str, rejected: list[tuple[RecordGroup, int, str]]) -> None:
-        self.records.extend((group.messages[index], reason) for group, index, reason in rejected)
+        self.records.extend(
+            (group.messages[index], str(reason)) for group, index, reason in rejected
+        )
 
 
 def sender(sink: ElasticsearchSink, dead: DeadLetters, *, attempts: int = 0) -> Sender:
@@ -228,9 +230,12 @@ async def test_mapping_errors_are_dead_lettered_with_their_reason(es: FakeElasti
         result = await sink.send(Batch.of([ok, processed]))
     assert result.outcomes == [D, X, D, X]
     assert result.held is None
-    assert result.reasons[1].startswith("400 document_parsing_exception: ")
-    assert result.reasons[3].startswith("400 document_parsing_exception: ")
-    assert "count" in result.reasons[3]
+    assert str(result.reasons[1]).startswith("400 document_parsing_exception: ")
+    assert str(result.reasons[3]).startswith("400 document_parsing_exception: ")
+    assert "count" in str(result.reasons[3])
+    assert result.reasons[3] == Rejection(
+        str(result.reasons[3]), status=400, error_type="document_parsing_exception"
+    )
     assert (
         telemetry.value(
             "shipper_es_items_total",
@@ -335,7 +340,7 @@ async def test_a_too_large_request_is_split_and_a_too_large_document_dead_letter
             huge = make_group("small", "y" * 8000, "also small", start=50_000)
             result = await sink.send(Batch.of([huge]))
         assert result.outcomes == [D, X, D]
-        assert "larger than the cluster accepts" in result.reasons[1]
+        assert "larger than the cluster accepts" in str(result.reasons[1])
         stored = [d.source["message"] for d in es.documents("logs-docker-default")]
         assert sorted(stored) == sorted([*messages, *more, "small", "also small"])
         assert es.internal_errors == []
