@@ -33,7 +33,6 @@ from typing import BinaryIO, Protocol
 
 import orjson
 from file_output import (
-    DEFAULT_OUT,
     Samples,
     _count_levels,
     _cpu_s,
@@ -43,8 +42,11 @@ from file_output import (
     _table,
     _tail,
     _tree,
+    add_input_arguments,
+    parse_input_arguments,
+    prepare_input,
 )
-from generate import GeneratedRoot, generate_root
+from generate import GeneratedRoot
 
 import shipper
 from shipper.docker_writer import SEQ_PATTERN
@@ -480,13 +482,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Ship a generated Docker root to an elasticsearch output and measure it."
     )
-    parser.add_argument("--containers", type=int, default=20, help="default: %(default)s")
-    parser.add_argument(
-        "--lines", type=int, default=100_000, help="lines per container (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="4 containers x 10,000 lines, to check that it works"
-    )
+    add_input_arguments(parser, keep_help="keep the request bodies and state after the run")
     parser.add_argument("--gzip", action="store_true", help="gzip request bodies (compression)")
     parser.add_argument(
         "--gzip-level", type=int, default=1, help="with --gzip (default: %(default)s)"
@@ -497,28 +493,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="fast",
         help="fast: the loopback bulk sink; fake: tests/fake_elasticsearch.py (default: fast)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="input generator seed")
-    parser.add_argument(
-        "--timeout", type=float, default=900, help="seconds to wait for every line (%(default)s)"
-    )
-    parser.add_argument(
-        "--poll", type=float, default=0.2, help="seconds between samples (%(default)s)"
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the request bodies and state after the run"
-    )
     parser.add_argument(
         "--no-verify",
         action="store_true",
         help="do not keep the request bodies to check every seq and _id after the run",
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
-    )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.containers, args.lines = 4, 10_000
-    return args
+    return parse_input_arguments(parser, argv)
 
 
 def _failures(generated: GeneratedRoot, result: RunResult, sink: Sink, timeout: float) -> list[str]:
@@ -534,19 +514,11 @@ def _failures(generated: GeneratedRoot, result: RunResult, sink: Sink, timeout: 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    root = out / f"docker-{args.containers}x{args.lines}-seed{args.seed}"
+    out, root, generated = prepare_input(args)
     spool = out / "es-bulk.spool"
     state = out / "es-state"
     config = out / "es-shipper.yaml"
     log_path = out / "es-shipper.log"
-
-    print(f"input: {root}", flush=True)
-    generated = generate_root(root, args.containers, args.lines, args.seed)
-    how = "reused" if generated.reused else f"generated in {generated.seconds:.1f}s"
-    print(f"input: {generated.lines:,} lines, {generated.bytes / 1e6:,.1f} MB ({how})", flush=True)
 
     shutil.rmtree(state, ignore_errors=True)
     spool.unlink(missing_ok=True)

@@ -370,10 +370,8 @@ def _count_levels(log_path: Path) -> dict[str, int]:
     return counts
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Ship a generated Docker root to a file output and measure it."
-    )
+def add_input_arguments(parser: argparse.ArgumentParser, *, keep_help: str) -> None:
+    """The options every bench of a generated Docker root takes (es_output.py uses them too)."""
     parser.add_argument("--containers", type=int, default=20, help="default: %(default)s")
     parser.add_argument(
         "--lines", type=int, default=100_000, help="lines per container (default: %(default)s)"
@@ -388,21 +386,46 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--poll", type=float, default=0.2, help="seconds between samples (%(default)s)"
     )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the output file and state after the run (the generated input is always kept)",
-    )
-    parser.add_argument(
-        "--no-verify", action="store_true", help="skip the per-line seq check of the output"
-    )
+    parser.add_argument("--keep", action="store_true", help=keep_help)
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
     )
+
+
+def parse_input_arguments(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.containers, args.lines = 4, 10_000
     return args
+
+
+def prepare_input(args: argparse.Namespace) -> tuple[Path, Path, GeneratedRoot]:
+    """The working directory, the Docker root and what it holds (generated unless reused)."""
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / f"docker-{args.containers}x{args.lines}-seed{args.seed}"
+    print(f"input: {root}", flush=True)
+    generated = generate_root(root, args.containers, args.lines, args.seed)
+    how = "reused" if generated.reused else f"generated in {generated.seconds:.1f}s"
+    print(f"input: {generated.lines:,} lines, {generated.bytes / 1e6:,.1f} MB ({how})", flush=True)
+    return out, root, generated
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Ship a generated Docker root to a file output and measure it."
+    )
+    add_input_arguments(
+        parser,
+        keep_help="keep the output file and state after the run (the generated input is always "
+        "kept)",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the per-line seq check of the output"
+    )
+    return parse_input_arguments(parser, argv)
 
 
 def _failures(generated: GeneratedRoot, result: RunResult, timeout: float) -> list[str]:
@@ -420,19 +443,11 @@ def _failures(generated: GeneratedRoot, result: RunResult, timeout: float) -> li
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    root = out / f"docker-{args.containers}x{args.lines}-seed{args.seed}"
+    out, root, generated = prepare_input(args)
     output = out / "shipped.ndjson"
     state = out / "state"
     config = out / "shipper.yaml"
     log_path = out / "shipper.log"
-
-    print(f"input: {root}", flush=True)
-    generated = generate_root(root, args.containers, args.lines, args.seed)
-    how = "reused" if generated.reused else f"generated in {generated.seconds:.1f}s"
-    print(f"input: {generated.lines:,} lines, {generated.bytes / 1e6:,.1f} MB ({how})", flush=True)
 
     shutil.rmtree(state, ignore_errors=True)
     output.unlink(missing_ok=True)
