@@ -18,19 +18,16 @@ from __future__ import annotations
 import base64
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import orjson
 import pytest
 
 from shipper.docker_writer import SEQ_PATTERN, DockerRootWriter, realistic_lines
 from tests.fake_elasticsearch import Document, FakeElasticsearch
-from tests.helpers import wait_until_sync
+from tests.helpers import start_shipper, wait_started, wait_until_sync
 
 CYCLES = 24
 SEED = 20241128
@@ -136,30 +133,6 @@ logging:
 """
     )
     return config
-
-
-def start_shipper(tmp: Path, config: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-    stderr = tmp / "logs" / f"{name}.stderr"
-    stderr.parent.mkdir(exist_ok=True)
-    with stderr.open("wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shipper", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    return process, stderr
-
-
-def wait_started(process: subprocess.Popen[bytes], stderr: Path) -> None:
-    def started() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"shipper exited with {process.returncode}:\n{stderr.read_text()}")
-        return any(
-            line.startswith(b"{") and orjson.loads(line).get("message") == "shipper started."
-            for line in stderr.read_bytes().splitlines()
-        )
-
-    wait_until_sync(started, timeout=30, what=f"'shipper started.' in {stderr.name}")
 
 
 def kill_cycles(tmp: Path, config: Path) -> None:
