@@ -128,6 +128,10 @@ class RecordGroup:
     messages: list[str] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # start offset of each record in its file
+    # End offset of each record in the file its LAST line is in: the byte after that line's
+    # newline (after its last byte, for a last line the tailer stopped waiting to complete).
+    # Groups built by hand may leave it short; -1: not known.
+    ends: list[int] = field(default_factory=list)
     flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
     attrs: dict[int, dict[str, str]] = field(default_factory=dict)
     # A record joined from Docker's 16 KiB parts starts where its first part does, which may be

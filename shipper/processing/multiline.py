@@ -357,6 +357,7 @@ class _Pending:
 
     __slots__ = (
         "attrs",
+        "end",
         "file",
         "flags",
         "held_in",
@@ -374,6 +375,7 @@ class _Pending:
     def __init__(self, group: RecordGroup, index: int, seq: int) -> None:
         self.file: LogFile = group.heads.get(index, group.file) if group.heads else group.file
         self.offset = group.offsets[index]
+        self.end = group.ends[index]  # of its last line: updated as lines join it
         self.timestamp = group.timestamps[index]
         self.stream = group.streams[index]
         self.attrs = group.attrs.get(index) if group.attrs else None
@@ -477,6 +479,8 @@ class MultilineJoiner:
         messages = group.messages
         streams = group.streams
         flags = group.flags
+        if len(group.ends) != len(messages):
+            group.ends = [-1] * len(messages)  # built by hand without ends: not known
         self._serial += 1
         # The output, in order of each record's first line: an index (a record of one line of
         # this group), a _Record, or None (a place whose line went into another record).
@@ -620,6 +624,7 @@ class MultilineJoiner:
             for line in head.tentative:
                 head.parts.extend(line.parts)
                 _union(head.flags, tuple(line.flags))
+            head.end = head.tentative[-1].end
             head.tentative = []
 
     @staticmethod
@@ -685,6 +690,8 @@ class MultilineJoiner:
                 head.parts.append(group.messages[line])
                 if group.flags and line in group.flags:
                     _union(head.flags, group.flags[line])
+            if confirmed > 0:
+                head.end = group.ends[here[confirmed - 1]]
             head.tentative.extend(_Pending(group, line, base | line) for line in here[confirmed:])
             if slot in split and FLAG_MULTILINE_SPLIT not in head.flags:
                 head.flags.append(FLAG_MULTILINE_SPLIT)
@@ -717,18 +724,20 @@ class MultilineJoiner:
         )
         if group.held:
             _pass_on(group.held, out, waiting)
-        messages, streams, timestamps, offsets = (
+        messages, streams, timestamps, offsets, ends = (
             group.messages,
             group.streams,
             group.timestamps,
             group.offsets,
+            group.ends,
         )
         flags, attrs, heads = group.flags, group.attrs, group.heads
-        out_messages, out_streams, out_timestamps, out_offsets = (
+        out_messages, out_streams, out_timestamps, out_offsets, out_ends = (
             out.messages,
             out.streams,
             out.timestamps,
             out.offsets,
+            out.ends,
         )
         out_flags = out.flags
         for place, record in enumerate(order):
@@ -742,6 +751,7 @@ class MultilineJoiner:
             out_streams.append(streams[record])
             out_timestamps.append(timestamps[record])
             out_offsets.append(offsets[record])
+            out_ends.append(ends[record])
             if flags and record in flags:
                 out_flags[index] = flags[record]
             if attrs and record in attrs:
@@ -783,6 +793,7 @@ class MultilineJoiner:
         _copy(group.streams, out.streams, cuts)
         _copy(group.timestamps, out.timestamps, cuts)
         _copy(group.offsets, out.offsets, cuts)
+        _copy(group.ends, out.ends, cuts)
         _move(group.flags, out.flags, open_lines, shift)
         _move(group.attrs, out.attrs, open_lines, shift)
         _move(group.heads, out.heads, open_lines, shift)
@@ -808,6 +819,7 @@ class MultilineJoiner:
             group.streams.append(record.stream)
             group.timestamps.append(record.timestamp)
             group.offsets.append(record.offset)
+            group.ends.append(record.end)
             if record.flags:
                 group.flags[index] = tuple(record.flags)
             if record.attrs is not None:
@@ -834,7 +846,8 @@ def _pass_on(held: list[Hold], out: RecordGroup, waiting: list[_Pending]) -> Non
 
 def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, split: bool) -> None:
     """Append a record of several lines (or one carried from an earlier group) to `out`: the
-    lines joined with newlines; time, offset, attrs and file of the first; every line's flags."""
+    lines joined with newlines; time, offset, attrs and file of the first; the end of the last;
+    every line's flags."""
     index = len(out.messages)
     messages, flags = group.messages, group.flags
     more = record.more
@@ -846,6 +859,7 @@ def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, spl
         out.streams.append(group.streams[first])
         out.timestamps.append(group.timestamps[first])
         out.offsets.append(group.offsets[first])
+        out.ends.append(group.ends[more[-1] if more else first])
         if group.attrs and first in group.attrs:
             out.attrs[index] = group.attrs[first]
         if group.heads and first in group.heads:
@@ -856,6 +870,7 @@ def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, spl
         out.streams.append(head.stream)
         out.timestamps.append(head.timestamp)
         out.offsets.append(head.offset)
+        out.ends.append(group.ends[more[-1]] if more else head.end)
         if head.attrs is not None:
             out.attrs[index] = head.attrs
         if head.file != out.file:

@@ -12,18 +12,25 @@ from shipper.model import RecordGroup
 
 def record_ids(group: RecordGroup, indices: Sequence[int]) -> list[str]:
     """The id of each chosen record: a digest of the identity of the file its first line is in,
-    the offset of that line, and the record's text.
+    the offset of that line, and the offset where the record ends (issue 5).
 
-    File and offset say where a record starts. The text stands for where it ends: a record read
-    again with other boundaries (a multiline record cut by its flush timeout the first time,
-    whole the second; a partial line shipped before its rest came) has another text, so another
-    id, and is indexed again: a duplicate, never a loss. Unlike the end offset, the text needs
-    no extra column from every decoder and also changes when a cap cut the record.
+    File and offset say where a record starts; the end offset says where it ends. A record is
+    the bytes between the two, so the same bytes read again (a replay after a crash) get the
+    same id, whatever became of the text on the way. The end is in the id, not the start alone,
+    because the same start may begin records with other boundaries: a multiline record cut by
+    its flush timeout the first time and whole the second, a partial line shipped before its
+    rest came. Such a record gets another id and is indexed again: a duplicate, never a loss
+    (one id for both would have the destination refuse the longer record as already known).
+
+    A group built without ends (by hand, in tests), or a record whose end is not known (-1),
+    falls back to the record's text in its place.
     """
     blake2b = hashlib.blake2b
     file = group.file
     heads = group.heads
     offsets = group.offsets
+    ends = group.ends
+    known = len(ends)
     messages = group.messages
     # The stable id of the file (a hash of its first line) survives renames and restarts; a
     # file without one yet (no complete first line) is named by its path.
@@ -33,8 +40,12 @@ def record_ids(group: RecordGroup, indices: Sequence[int]) -> list[str]:
         origin = heads.get(index) if heads else None
         prefix = default if origin is None else (origin.fingerprint or origin.path).encode()
         digest = blake2b(prefix, digest_size=_DIGEST_BYTES)
-        digest.update(b"\0%d\0" % offsets[index])
-        digest.update(messages[index].encode("utf-8", "surrogatepass"))
+        end = ends[index] if index < known else -1
+        if end >= 0:
+            digest.update(b"\0%d-%d" % (offsets[index], end))  # "-": never the text's form
+        else:
+            digest.update(b"\0%d\0" % offsets[index])
+            digest.update(messages[index].encode("utf-8", "surrogatepass"))
         digests.append(digest.digest())
     # 15 bytes are exactly 20 base64 characters, without padding: the digests of a whole group
     # are encoded in one call and cut apart, rather than one call per record.

@@ -59,6 +59,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
     messages = group.messages
     streams = group.streams
     offsets = group.offsets
+    ends = group.ends
     flags = group.flags
     stream_of = _STREAMS.get
     position = chunk.start
@@ -92,6 +93,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
             streams.append("")
             timestamps.append(read_time)
             offsets.append(offset)
+            ends.append(position)
             flags[index] = (FLAG_INVALID_CRI,)
             group.invalid_json += 1
             continue
@@ -105,6 +107,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
                 raw.decode("utf-8", "replace"),
                 file=chunk.file,
                 offset=offset,
+                end=min(position, chunk.end),
                 timestamp=timestamp or read_time,
                 time_valid=timestamp is not None,
                 hold=hold,
@@ -123,7 +126,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
         if joiner is not None and (joiner.pending or joiner.head_lost):
             partial = joiner.finish(stream, message)
             if partial is not None:
-                append_partial(group, partial, stream)
+                append_partial(group, partial, stream, position)
                 if not valid_utf8:
                     flags[index] = (*flags.get(index, ()), FLAG_INVALID_UTF8)
                 continue
@@ -132,6 +135,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
         messages.append(message)
         streams.append(stream)
         offsets.append(offset)
+        ends.append(position)
         timestamp = normalize_time(fields[0].decode("latin-1"))
         if timestamp is None:
             timestamps.append(read_time)
@@ -141,6 +145,8 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
             timestamps.append(timestamp)
         if not valid_utf8:
             flags[index] = (*flags.get(index, ()), FLAG_INVALID_UTF8)
+    if ends and ends[-1] > chunk.end:
+        ends[-1] = chunk.end  # the last line had no newline: it ends with the data
     return group
 
 

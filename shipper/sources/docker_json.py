@@ -105,6 +105,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
     messages = group.messages
     streams = group.streams
     offsets = group.offsets
+    ends = group.ends
     loads = orjson.loads
     position = chunk.start
     lines = chunk.data.split(b"\n")
@@ -129,6 +130,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
             streams.append("")
             timestamps.append(read_time)
             offsets.append(offset)
+            ends.append(position)
             group.flags[index] = (FLAG_INVALID_JSON,)
             group.invalid_json += 1
             continue
@@ -144,6 +146,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
                 message,
                 file=chunk.file,
                 offset=offset,
+                end=min(position, chunk.end),
                 timestamp=timestamp or read_time,
                 time_valid=timestamp is not None,
                 attrs=attrs if attrs and type(attrs) is dict else None,
@@ -155,13 +158,14 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
         if joiner is not None and (joiner.pending or joiner.head_lost):
             partial = joiner.finish(stream, message)
             if partial is not None:
-                append_partial(group, partial, stream)
+                append_partial(group, partial, stream, position)
                 continue
             if joiner.take_head_lost(stream):
                 group.flags[index] = (FLAG_PARTIAL_HEAD_LOST,)
         messages.append(message)
         streams.append(stream)
         offsets.append(offset)
+        ends.append(position)
         timestamp = normalize_time(when) if type(when) is str else None
         if timestamp is None:
             timestamps.append(read_time)
@@ -172,4 +176,6 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
         attrs = entry.get("attrs")
         if attrs and type(attrs) is dict:
             group.attrs[index] = {str(k): str(v) for k, v in attrs.items()}
+    if ends and ends[-1] > chunk.end:
+        ends[-1] = chunk.end  # the last line had no newline: it ends with the data
     return group

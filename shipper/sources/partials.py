@@ -26,6 +26,7 @@ class Partial:
     offset: int  # of the first part's entry in that file
     timestamp: str
     since: float  # monotonic time the first part arrived: the flush timeout counts from here
+    end: int = 0  # of the last part seen so far, in the file it is in: the byte after its entry
     time_valid: bool = True  # False: `timestamp` is the read time standing in for a bad one
     attrs: dict[str, object] | None = None  # Docker's `attrs` of the first part
     parts: list[str] = field(default_factory=list)
@@ -57,6 +58,7 @@ class PartialJoiner:
         *,
         file: LogFile,
         offset: int,
+        end: int,
         timestamp: str,
         hold: RangeClaim | None,
         now: float,
@@ -64,7 +66,8 @@ class PartialJoiner:
         attrs: dict[str, object] | None = None,
     ) -> None:
         """A part without newline: keep it, and keep the file held from where the line starts
-        (from this part, in a file where none of its earlier parts is)."""
+        (from this part, in a file where none of its earlier parts is). `end`: the byte after
+        this part's entry."""
         partial = self.pending.get(stream)
         if partial is None:
             partial = Partial(
@@ -79,6 +82,7 @@ class PartialJoiner:
                 self.head_lost.discard(stream)
                 partial.head_lost = True
             self.pending[stream] = partial
+        partial.end = end
         self._append(partial, text)
         if hold is not None and partial.held_in != file.handle:
             # One hold per file suffices: a file's checkpoint moves in order, so holding from
@@ -147,13 +151,14 @@ def flags_of(partial: Partial) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def append_partial(group: RecordGroup, partial: Partial, stream: str) -> None:
-    """Append the record rejoined from its parts: it starts where its first part does, and
-    holds the ranges of every part until it settles."""
+def append_partial(group: RecordGroup, partial: Partial, stream: str, end: int) -> None:
+    """Append the record rejoined from its parts: it starts where its first part does, ends at
+    `end` (after its last part's entry), and holds the ranges of every part until it settles."""
     index = len(group.messages)
     group.messages.append(joined_text(partial))
     group.streams.append(stream)
     group.offsets.append(partial.offset)
+    group.ends.append(end)
     group.timestamps.append(partial.timestamp)
     flags = flags_of(partial)
     if flags:
@@ -172,5 +177,5 @@ def group_of(partials: list[tuple[str, Partial]]) -> RecordGroup:
     its own: it settles only the ranges its parts held."""
     group = RecordGroup(file=partials[0][1].file, start=0, end=0)
     for stream, partial in partials:
-        append_partial(group, partial, stream)
+        append_partial(group, partial, stream, partial.end)  # ends where its last part does
     return group

@@ -35,6 +35,7 @@ def decode_text_chunk(
     group = RecordGroup(file=chunk.file, start=chunk.start, end=chunk.end)
     messages = group.messages
     offsets = group.offsets
+    ends = group.ends
     flags = group.flags
     position = chunk.start
     lines = chunk.data.split(b"\n")
@@ -53,6 +54,9 @@ def decode_text_chunk(
             flags[len(messages)] = (FLAG_INVALID_UTF8,)
             messages.append(line.decode("utf-8", "replace"))
         offsets.append(offset)
+        ends.append(position)
+    if ends and ends[-1] > chunk.end:
+        ends[-1] = chunk.end  # the last line had no newline: it ends with the data
     # Every record shares these: built once per chunk, not per line.
     count = len(messages)
     group.streams = [""] * count

@@ -132,6 +132,13 @@ def offsets_of(parts: Sequence[bytes], start: int = 0) -> list[int]:
     return result
 
 
+def ends_of(parts: Sequence[bytes], start: int = 0) -> list[int]:
+    """The file offset after each entry (after its newline), the first entry at `start`."""
+    return [
+        offset + len(part) for offset, part in zip(offsets_of(parts, start), parts, strict=True)
+    ]
+
+
 def decode(
     file: LogFile,
     start: int,
@@ -213,12 +220,16 @@ def test_java_trace_is_one_record(name: str) -> None:
     # The line after the trace may still be followed by a trace of its own: it waits.
     assert out.messages == [SPRING_STARTED, "\n".join(event)]
     assert out.offsets == offsets_of(parts)[:2]
+    # A joined record ends where its last line does: after that line's newline.
+    ends = ends_of(parts)
+    assert out.ends == [ends[0], ends[len(event)]]
     assert out.timestamps == [t(0), t(1)]
     assert out.streams == ["stdout", "stdout"]
     assert out.flags == {}
     rest = join.take_all()
     assert rest is not None
     assert rest.messages == [SPRING_SAVED]
+    assert rest.ends == [ends[-1]]
 
 
 def test_java_log_line_joins_the_header_after_it() -> None:
@@ -547,6 +558,7 @@ def test_record_open_at_a_chunk_end_completes_in_the_next_group() -> None:
     assert hold1.held_from == [len(chunk1[0])]  # from the record's first line
     assert out2.messages == ["\n".join([LOG_ERROR, HEADER, *FRAMES])]
     assert out2.offsets == [len(chunk1[0])]
+    assert out2.ends == [ends_of(chunk2, start2)[1]]  # its last line's, in the later chunk
     assert out2.timestamps == [t(1)]
     assert out2.heads == {}
     assert owners(out2.held) == [hold1]
@@ -844,6 +856,7 @@ def test_expired_ships_records_whose_last_line_is_old_enough() -> None:
     assert flushed.messages == ["\n".join([LOG_ERROR, HEADER, *FRAMES])]
     assert (flushed.file, flushed.start, flushed.end) == (FILE_NEW, 0, 0)
     assert flushed.offsets == [0]
+    assert flushed.ends == [sum(map(len, parts))]
     assert flushed.timestamps == [t(0)]
     assert owners(flushed.held) == [hold]
     assert hold.held_from == [0]
@@ -1138,6 +1151,21 @@ _VOCABULARY = {
 }
 
 
+def assert_each_ends_with_its_last_line(
+    parts: list[bytes], records: list[tuple[int, str, str, tuple[str, ...], int]]
+) -> None:
+    """Each record (offset, stream, message, flags, end) ends where its last line (of its own
+    stream) does: after that line's newline."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for offset, line in zip(offsets_of(parts), parts, strict=True):
+        stream = json.loads(line)["stream"] if line.startswith(b"{") else ""
+        spans.setdefault(stream, []).append((offset, offset + len(line)))
+    for start, stream, message, _, end in records:
+        starts = [span[0] for span in spans[stream]]
+        last = starts.index(start) + message.count("\n")
+        assert end == spans[stream][last][1]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_records_do_not_depend_on_chunking_and_the_checkpoint_waits(seed: int) -> None:
     """Random lines of a preset's vocabulary on two streams, with raw (not JSON) lines among
@@ -1157,9 +1185,17 @@ def test_records_do_not_depend_on_chunking_and_the_checkpoint_waits(seed: int) -
     offsets = offsets_of(parts)
     end = offsets[-1] + len(parts[-1])
 
-    def records(groups: list[RecordGroup]) -> list[tuple[int, str, str, tuple[str, ...]]]:
+    def records(groups: list[RecordGroup]) -> list[tuple[int, str, str, tuple[str, ...], int]]:
+        for group in groups:
+            assert len(group.ends) == len(group)
         return sorted(
-            (group.offsets[i], group.streams[i], group.messages[i], group.flags.get(i, ()))
+            (
+                group.offsets[i],
+                group.streams[i],
+                group.messages[i],
+                group.flags.get(i, ()),
+                group.ends[i],
+            )
             for group in groups
             for i in range(len(group))
         )
@@ -1177,8 +1213,9 @@ def test_records_do_not_depend_on_chunking_and_the_checkpoint_waits(seed: int) -
         else:
             by_stream.setdefault(entry["stream"], []).append(entry["log"].rstrip("\n"))
     for stream, lines in by_stream.items():
-        ordered = [message for _, s, message, _ in expected if s == stream]
+        ordered = [message for _, s, message, *_ in expected if s == stream]
         assert "\n".join(ordered).split("\n") == lines
+    assert_each_ends_with_its_last_line(parts, expected)
 
     tracker = AckTracker()
     tracker.track(FILE_NEW.handle, 0, lambda _: None)

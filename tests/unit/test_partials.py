@@ -151,6 +151,8 @@ def test_split_line_in_one_chunk_is_one_record() -> None:
 
     assert group.messages == ["before", LONG.decode(), "after"]
     assert group.offsets == [start, start + len(before), start + len(data) - len(after)]
+    # The rejoined line ends after its last part's entry.
+    assert group.ends == [start + len(before), start + len(data) - len(after), start + len(data)]
     assert group.timestamps == [t(0), t(1), t(9)]
     assert group.streams == ["stdout"] * 3
     assert group.flags == {}
@@ -228,6 +230,8 @@ def test_split_across_a_rotation_is_joined_in_the_later_group() -> None:
     assert group_old.messages == ["old"]
     assert group_new.messages == [LONG.decode(), "new"]
     assert group_new.offsets == [old_start + len(old_lines), len(p2) + len(p3)]
+    # It starts in the old file and ends in the new one, where its last part is.
+    assert group_new.ends == [len(p2) + len(p3), len(new_chunk)]
     assert group_new.timestamps == [t(1), t(2)]
     assert group_new.heads == {0: FILE_OLD}
     assert group_new.heads[0] is FILE_OLD
@@ -464,6 +468,7 @@ def test_part_without_continuation_expires_after_the_timeout() -> None:
     assert flushed.messages == ["Password: "]
     assert flushed.streams == ["stdout"]
     assert flushed.offsets == [start + len(before)]
+    assert flushed.ends == [start + len(before) + len(last)]  # its last part's end
     assert flushed.timestamps == [t(5)]
     assert owners(flushed.held) == [hold]
     assert flushed.flags == {}
