@@ -110,9 +110,10 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fake_http import HttpError, discard, read_chunked, read_exactly, read_head
+
 _T = TypeVar("_T")
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length: 100mb
-_MAX_LINE = 64 * 1024
 _PRODUCT = ("X-elastic-product", "Elasticsearch")
 _WWW_AUTHENTICATE = ('Basic realm="security", charset="UTF-8"', 'Bearer realm="security"', "ApiKey")
 _COMMON_PARAMS = frozenset({"pretty", "human", "error_trace", "filter_path"})
@@ -360,10 +361,6 @@ class _Response:
     content_type: str | None = None
     product: bool = True
     close: bool = False
-
-
-class _HttpError(Exception):
-    """The bytes on the connection are not HTTP/1.1 this server can read."""
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -739,10 +736,10 @@ class FakeElasticsearch:
         rfile = sock.makefile("rb")
         try:
             while not self._stopping.is_set():
-                head = _read_head(rfile)
+                head = read_head(rfile)
                 if head is None or not self._answer(sock, rfile, *head):
                     break
-        except (OSError, ValueError, _HttpError):
+        except (OSError, ValueError, HttpError):
             pass  # the client went away, the connection was cut, or it spoke garbage
         finally:
             rfile.close()
@@ -785,11 +782,11 @@ class FakeElasticsearch:
             self._send(sock, request, _Response(413, raw=b"", product=False))
             if expect:
                 return False
-            _discard(rfile, length)
+            discard(rfile, length)
             return keep_alive
         if expect:
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        wire = _read_chunked(rfile) if chunked else _read_exactly(rfile, length or 0)
+        wire = read_chunked(rfile) if chunked else read_exactly(rfile, length or 0)
         request.wire_size = len(wire)
         try:
             request.body = _decode(wire, encoding, self.max_content_length) if decodes else wire
@@ -2990,60 +2987,6 @@ def _take(queue: list[tuple[int, _T]]) -> tuple[int, _T] | None:
     else:
         queue[0] = (remaining - 1, payload)
     return remaining, payload
-
-
-# --- HTTP/1.1 reading ---------------------------------------------------------------------------
-
-
-def _read_head(rfile: BinaryIO) -> tuple[str, str, list[tuple[str, str]]] | None:
-    line = rfile.readline(_MAX_LINE)
-    while line in (b"\r\n", b"\n"):
-        line = rfile.readline(_MAX_LINE)
-    if not line:
-        return None
-    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise _HttpError(f"bad request line {line!r}")
-    headers: list[tuple[str, str]] = []
-    while True:
-        header = rfile.readline(_MAX_LINE)
-        if not header:
-            raise _HttpError("connection closed inside the headers")
-        if header in (b"\r\n", b"\n"):
-            break
-        name, _, value = header.decode("latin-1").partition(":")
-        headers.append((name.strip().lower(), value.strip()))
-    return parts[0], parts[1], headers
-
-
-def _read_exactly(rfile: BinaryIO, length: int) -> bytes:
-    data = rfile.read(length) if length else b""
-    if len(data) != length:
-        raise _HttpError("connection closed inside the body")
-    return data
-
-
-def _discard(rfile: BinaryIO, length: int) -> None:
-    while length > 0:
-        chunk = rfile.read(min(length, 1 << 20))
-        if not chunk:
-            raise _HttpError("connection closed inside the body")
-        length -= len(chunk)
-
-
-def _read_chunked(rfile: BinaryIO) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size_line = rfile.readline(_MAX_LINE)
-        if not size_line:
-            raise _HttpError("connection closed inside a chunk size")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while rfile.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(parts)
-        parts.append(_read_exactly(rfile, size))
-        rfile.readline(_MAX_LINE)
 
 
 def _decode(wire: bytes, encoding: str | None, limit: int) -> bytes:

@@ -114,13 +114,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fake_elasticsearch import (
-    _discard,
-    _HttpError,
-    _read_chunked,
-    _read_exactly,
-    _read_head,
-)
+from tests.fake_http import HttpError, discard, read_chunked, read_exactly, read_head
 
 _T = TypeVar("_T")
 DEFAULT_MAX_CONTENT_LENGTH = 800 * 1024 * 1024  # limits.conf [http_input] max_content_length
@@ -658,10 +652,10 @@ class FakeSplunk:
         rfile = sock.makefile("rb")
         try:
             while not self._stopping.is_set():
-                head = _read_head(rfile)
+                head = read_head(rfile)
                 if head is None or not self._answer(sock, rfile, *head):
                     break
-        except (OSError, ValueError, _HttpError):
+        except (OSError, ValueError, HttpError):
             pass  # the client went away, the connection was cut, or it spoke garbage
         finally:
             rfile.close()
@@ -706,11 +700,11 @@ class FakeSplunk:
         if headers.get("expect", "").lower() == "100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if length is not None and length > self.max_content_length:
-            _discard(rfile, length)
+            discard(rfile, length)
             self._record(request)
             self._send(sock, request, _too_large())
             return keep_alive
-        wire = _read_chunked(rfile) if chunked else _read_exactly(rfile, length or 0)
+        wire = read_chunked(rfile) if chunked else read_exactly(rfile, length or 0)
         request.wire_size = len(wire)
         if encoding in (None, "identity"):
             request.body = wire
