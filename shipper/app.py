@@ -19,6 +19,7 @@ from shipper.config import (
     FilesSourceConfig,
     OutputConfig,
     SourceConfig,
+    SplunkHecOutputConfig,
 )
 from shipper.errors import ShipperError
 from shipper.pipeline.budget import ByteBudget
@@ -58,6 +59,13 @@ def _elasticsearch_sink(name: str, config: OutputConfig, telemetry: Telemetry) -
     return ElasticsearchSink(config, name=name, telemetry=telemetry)
 
 
+def _splunk_hec_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
+    from shipper.sinks.splunk_hec import SplunkHecSink  # noqa: PLC0415 - imported when used
+
+    assert isinstance(config, SplunkHecOutputConfig)  # noqa: S101 - the registry key guarantees it
+    return SplunkHecSink(config, name=name, telemetry=telemetry)
+
+
 # Builds an output's sink from its name, its config and the app's telemetry.
 SinkFactory = Callable[[str, OutputConfig, Telemetry], Sink]
 
@@ -66,6 +74,7 @@ SINKS: dict[str, SinkFactory] = {
     "file": _file_sink,
     "console": _console_sink,
     "elasticsearch": _elasticsearch_sink,
+    "splunk_hec": _splunk_hec_sink,
 }
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "ElasticsearchTlsConfig",
     "FileOutputConfig",
     "FilesSourceConfig",
+    "HecTemplate",
     "IndexName",
     "LogLevelConfig",
     "LoggingConfig",
@@ -68,6 +69,8 @@ __all__ = [
     "RenameFieldsConfig",
     "RetryConfig",
     "SourceConfig",
+    "SplunkHecAckConfig",
+    "SplunkHecOutputConfig",
     "TimestampConfig",
     "load_config",
     "parse_config",
@@ -1058,9 +1061,217 @@ class ElasticsearchOutputConfig(_OutputBase):
         return problems
 
 
+# -- the splunk_hec output ----------------------------------------------------------------------
+
+# Splunk's rule for index names: lowercase letters, digits, '_' and '-', not starting with '_'
+# or '-'.
+_SPLUNK_INDEX_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SPLUNK_INDEX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+_HEC_TEMPLATE_TOKEN_RE = re.compile(r"\{(?P<field>[^{}]*)\}|(?P<text>[^{}]+)|(?P<stray>.)")
+# Indexed field names: Splunk reserves a leading '_', and the envelope's own keys have options.
+_HEC_FIELD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_HEC_ENVELOPE_KEYS = frozenset({"time", "host", "source", "sourcetype", "index", "event"})
+_HEC_RESERVED_HEADERS = _RESERVED_HEADERS | {"x-splunk-request-channel"}
+
+
+@dataclass(frozen=True, slots=True)
+class HecTemplate:
+    """A HEC envelope value as configured: literal text and `{field.path}` references to a
+    field of the record (`docker:{container.name}`). `parts` holds the text and the paths."""
+
+    text: str
+    parts: tuple[str | tuple[str, ...], ...]
+
+    @property
+    def fields(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(part for part in self.parts if isinstance(part, tuple))
+
+
+def _template_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("config_hec_template", message)
+
+
+def _parse_hec_template(value: object) -> HecTemplate:
+    if not isinstance(value, str):
+        raise PydanticCustomError("config_hec_template", "expected a string")
+    if not value:
+        raise _template_error("must not be empty")
+    parts: list[str | tuple[str, ...]] = []
+    for match in _HEC_TEMPLATE_TOKEN_RE.finditer(value):
+        if match["field"] is not None:
+            if _FIELD_PATH_RE.fullmatch(match["field"]) is None:
+                raise _template_error("{...} must hold a dotted field path, e.g. {container.name}")
+            parts.append(tuple(match["field"].split(".")))
+        elif match["text"] is not None:
+            parts.append(match["text"])
+        else:
+            raise _template_error("unbalanced { or }: a field is written {field.path}")
+    return HecTemplate(value, tuple(parts))
+
+
+def _parse_splunk_index(value: object) -> HecTemplate:
+    template = _parse_hec_template(value)
+    static = "".join(part for part in template.parts if isinstance(part, str))
+    if not _SPLUNK_INDEX_CHARS.issuperset(static) or (
+        isinstance(template.parts[0], str) and template.parts[0][0] in "_-"
+    ):
+        raise PydanticCustomError(
+            "config_splunk_index",
+            "Splunk index names hold only lowercase letters, digits, '_' and '-', and start "
+            "with a letter or digit",
+        )
+    return template
+
+
+def _splunk_index_name(value: str) -> str:
+    if _SPLUNK_INDEX_RE.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "config_splunk_index",
+            "Splunk index names hold only lowercase letters, digits, '_' and '-', and start "
+            "with a letter or digit",
+        )
+    return value
+
+
+def _hec_field_name(value: str) -> str:
+    if _HEC_FIELD_NAME_RE.fullmatch(value) is None:
+        raise PydanticCustomError(
+            "config_hec_field",
+            "indexed field names hold letters, digits, '_', '.', ':' and '-', and start with a "
+            "letter or digit (Splunk reserves a leading '_')",
+        )
+    if value in _HEC_ENVELOPE_KEYS:
+        raise PydanticCustomError(
+            "config_hec_field", "a key of the HEC envelope, set by its own option"
+        )
+    return value
+
+
+def _hec_header_name(value: str) -> str:
+    if _HEADER_NAME_RE.fullmatch(value) is None:
+        raise PydanticCustomError("config_header", "not a valid HTTP header name")
+    if value.lower() in _HEC_RESERVED_HEADERS:
+        raise PydanticCustomError(
+            "config_header", "set by shipper itself (the token goes in `token` or `token_file`)"
+        )
+    return value
+
+
+def _splunk_url(value: str) -> str:
+    """The base URL with its port: 8088 (HEC's default) when none is given."""
+    invalid = PydanticCustomError(
+        "config_url", "expected an http:// or https:// URL such as https://splunk.example.com:8088"
+    )
+    try:
+        url = urlsplit(value.strip())
+        port = url.port
+    except ValueError:
+        raise invalid from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise invalid
+    if url.username is not None or url.password is not None:
+        raise PydanticCustomError(
+            "config_url_credentials",
+            "credentials in the URL are not allowed: use `token` or `token_file`",
+        )
+    if url.query or url.fragment:
+        raise PydanticCustomError("config_url", "a query or fragment is not allowed in the URL")
+    if "/services/collector" in url.path:
+        raise PydanticCustomError(
+            "config_url",
+            "give the base URL (e.g. https://splunk.example.com:8088): shipper adds "
+            "/services/collector/... itself",
+        )
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return f"{url.scheme}://{host}:{port or 8088}{url.path.rstrip('/')}"
+
+
+_HecTemplate = Annotated[HecTemplate, PlainValidator(_parse_hec_template)]
+_SplunkIndex = Annotated[HecTemplate, PlainValidator(_parse_splunk_index)]
+
+
+class SplunkHecAckConfig(_Model):
+    """Indexer acknowledgement: records count as delivered only once Splunk says they are
+    indexed (the token must have `useACK` on; Splunk Enterprise only)."""
+
+    enabled: bool = False
+    poll_interval: _PositiveDuration = 1.0
+    # An ack not confirmed within this time is given up: its records are sent again.
+    timeout: _PositiveDuration = 300.0
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.timeout < self.poll_interval:
+            raise PydanticCustomError(
+                "config_ack_order", "timeout must not be shorter than poll_interval"
+            )
+        return self
+
+
+class SplunkHecOutputConfig(_OutputBase):
+    """Sends records to Splunk's HTTP Event Collector: JSON events on /services/collector/event
+    (or lines on /services/collector/raw), with optional indexer acknowledgement."""
+
+    type: Literal["splunk_hec"]
+    url: Annotated[str, AfterValidator(_splunk_url)]
+    # The HEC token, inline (from the environment: token: ${HEC_TOKEN}) or from a file.
+    token: _Secret | None = None
+    token_file: _Path | None = None
+    endpoint: Literal["event", "raw"] = "event"
+    tls: ElasticsearchTlsConfig = Field(default_factory=ElasticsearchTlsConfig)
+    headers: dict[Annotated[str, AfterValidator(_hec_header_name)], str] = Field(
+        default_factory=dict
+    )
+    timeout: _PositiveDuration = 30.0  # per request
+    compression: ElasticsearchCompressionConfig = Field(
+        default_factory=ElasticsearchCompressionConfig
+    )
+    # The envelope. null: host = the record's host.name, source = the log file's path,
+    # sourcetype = docker:container:<container name>, index = the token's default index.
+    host: _HecTemplate | None = Field(default_factory=lambda: _parse_hec_template("{host.name}"))
+    source: _HecTemplate | None = Field(
+        default_factory=lambda: _parse_hec_template("{log.file.path}")
+    )
+    sourcetype: _HecTemplate | None = Field(
+        default_factory=lambda: _parse_hec_template("docker:container:{container.name}")
+    )
+    index: _SplunkIndex | None = None
+    allowed_indexes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    fallback_index: Annotated[str, AfterValidator(_splunk_index_name)] | None = None
+    # Indexed fields: name -> dotted path of a record field; values are sent as strings.
+    fields: dict[Annotated[str, AfterValidator(_hec_field_name)], _FieldPath] = Field(
+        default_factory=dict
+    )
+    event: Literal["message", "record"] = "message"
+    ack: SplunkHecAckConfig = Field(default_factory=SplunkHecAckConfig)
+    # A batch is cut into several requests so that none is larger (before compression).
+    max_request_bytes: Annotated[ByteSize, AfterValidator(_at_least(KiB, "1KiB"))] = 1000 * 1000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if (self.token is None) == (self.token_file is None):
+            problems.append("give `token` or `token_file` (one of them)")
+        if self.index is not None and self.index.fields:
+            # A field's value (a container label...) is chosen by whoever starts the container:
+            # without a list of allowed names it could write into any index the token allows.
+            if not self.allowed_indexes:
+                problems.append("allowed_indexes: required when `index` names record fields")
+        elif self.allowed_indexes:
+            problems.append("allowed_indexes: only used when `index` names record fields")
+        if self.endpoint == "raw" and self.fields:
+            problems.append("fields: indexed fields are sent on the event endpoint only")
+        if problems:
+            raise PydanticCustomError(
+                "config_splunk_hec", "{problems}", {"problems": "; ".join(problems)}
+            )
+        return self
+
+
 # A new output type is a new class added to this union.
 OutputConfig = Annotated[
-    FileOutputConfig | ConsoleOutputConfig | ElasticsearchOutputConfig, Field(discriminator="type")
+    FileOutputConfig | ConsoleOutputConfig | ElasticsearchOutputConfig | SplunkHecOutputConfig,
+    Field(discriminator="type"),
 ]
 
 

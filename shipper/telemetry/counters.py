@@ -139,6 +139,58 @@ DEFINITIONS: dict[str, Definition] = {
         "_bulk requests cut in halves because Elasticsearch answered 413 (body too large).",
         ("output",),
     ),
+    "shipper_hec_requests_total": Definition(
+        Kind.COUNTER,
+        "Event and raw requests sent to Splunk HEC, by HTTP status and HEC code "
+        '("" when the answer had none), or status timeout, connection_error, tls_error, error '
+        "when there was no answer.",
+        ("output", "status", "code"),
+    ),
+    "shipper_hec_request_bytes_total": Definition(
+        Kind.COUNTER, "Bytes of HEC request bodies before compression.", ("output",)
+    ),
+    "shipper_hec_request_sent_bytes_total": Definition(
+        Kind.COUNTER,
+        "Bytes of HEC request bodies as sent (gzipped when compression is on).",
+        ("output",),
+    ),
+    "shipper_hec_splits_total": Definition(
+        Kind.COUNTER,
+        "HEC requests cut in halves: too_large (413) or data_error (a 400 naming no event).",
+        ("output", "reason"),
+    ),
+    "shipper_hec_rerouted_events_total": Definition(
+        Kind.COUNTER,
+        "Events sent again to fallback_index because HEC refused their index (code 7).",
+        ("output",),
+    ),
+    "shipper_hec_ack_polls_total": Definition(
+        Kind.COUNTER,
+        "Polls of /services/collector/ack, by HTTP status (or timeout, connection_error, "
+        "tls_error, error).",
+        ("output", "status"),
+    ),
+    "shipper_hec_acks_total": Definition(
+        Kind.COUNTER,
+        "Indexer acknowledgement ids settled: confirmed (indexed), timed_out (not confirmed in "
+        "time: the events are sent again), superseded (HEC handed the id out again before it "
+        "was confirmed, e.g. after a restart: sent again too), unconfirmed (HEC turned "
+        "acknowledgement off for the token, code 14: counted delivered).",
+        ("output", "result"),
+    ),
+    "shipper_hec_unconfirmed_events_total": Definition(
+        Kind.COUNTER,
+        "Events counted delivered on HEC's word without an indexer acknowledgement although "
+        "ack is on: those before a 400's invalid-event-number, or every event when HEC gave no "
+        "ackId (the token does not have indexer acknowledgement on).",
+        ("output",),
+    ),
+    "shipper_hec_resent_events_total": Definition(
+        Kind.COUNTER,
+        "Events sent again because their indexer acknowledgement did not come; HEC has no "
+        "idempotency, so each may be indexed twice.",
+        ("output",),
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from shipper.config import (
     ElasticsearchOutputConfig,
     FileOutputConfig,
     FilesSourceConfig,
+    SplunkHecOutputConfig,
     load_config,
     parse_config,
 )
@@ -155,6 +156,20 @@ def test_elasticsearch_example_loads_and_lists_every_option_of_its_output() -> N
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     (entry,) = raw["outputs"].values()
     _assert_every_option_present(ElasticsearchOutputConfig, entry, "elasticsearch.yaml")
+
+
+def test_splunk_hec_example_loads_and_lists_every_option_of_its_output() -> None:
+    path = EXAMPLES / "splunk-hec.yaml"
+    config = load_config(path, environ={})
+    (output,) = config.outputs.values()
+    assert isinstance(output, SplunkHecOutputConfig)
+    # The defaults it lists are the defaults.
+    assert output == SplunkHecOutputConfig(
+        type="splunk_hec", url=output.url, token_file=output.token_file
+    )
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (entry,) = raw["outputs"].values()
+    _assert_every_option_present(SplunkHecOutputConfig, entry, "splunk-hec.yaml")
 
 
 def test_load_config_from_file(tmp_path: Path) -> None:
@@ -373,7 +388,7 @@ def test_every_problem_is_reported_one_per_line() -> None:
         "config.yaml: outputs.archive.max_in_flight: must be less than or equal to 64",
         "config.yaml: outputs.archive.path: missing required option",
         "config.yaml: outputs.other.type: unknown type: expected one of 'file', 'console', "
-        "'elasticsearch'",
+        "'elasticsearch', 'splunk_hec'",
         "config.yaml: logging.level: expected 'debug', 'info', 'warning' or 'error'",
     ]
 
