@@ -22,6 +22,7 @@ from shipper.config import (
     ElasticsearchOutputConfig,
     FileOutputConfig,
     OutputConfig,
+    SplunkHecOutputConfig,
     load_config,
 )
 from shipper.errors import ConfigError, ShipperError
@@ -154,6 +155,8 @@ def _describe_output(output: OutputConfig) -> str:
         return f"elasticsearch, {kind} {output.target.text}"
     if isinstance(output, FileOutputConfig):
         return f"file {output.path}"
+    if isinstance(output, SplunkHecOutputConfig):
+        return f"splunk_hec, {output.url}"
     assert isinstance(output, ConsoleOutputConfig)  # noqa: S101 - the union's last type
     return f"console, {output.stream}"
 

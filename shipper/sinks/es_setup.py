@@ -51,6 +51,7 @@ from shipper.config import (
     FileOutputConfig,
     IndexName,
     OutputConfig,
+    SplunkHecOutputConfig,
 )
 from shipper.errors import FatalSinkError, ShipperError
 from shipper.sinks.elasticsearch import ElasticsearchSink
@@ -764,7 +765,30 @@ async def check_output(name: str, output: OutputConfig, *, say: Say, warn: Say) 
     if isinstance(output, ConsoleOutputConfig):
         say(f"writes to {output.stream}: nothing to check")
         return True
+    if isinstance(output, SplunkHecOutputConfig):
+        return await _check_splunk_hec(name, output, say=say)
     raise AssertionError(f"unknown output type {type(output).__name__}")
+
+
+async def _check_splunk_hec(name: str, config: SplunkHecOutputConfig, *, say: Say) -> bool:
+    """HEC's health, then whether it takes the token (an empty request: nothing indexed)."""
+    # Imported here: only this command needs the HEC sink beside Elasticsearch's setup.
+    from shipper.sinks.splunk_hec import SplunkHecSink  # noqa: PLC0415
+
+    sink = SplunkHecSink(config, name=name)
+    try:
+        await sink.open()  # logs HEC's health, which does not check the token
+        problem = await sink.check_token()
+    except ShipperError as exc:
+        say(str(exc))
+        return False
+    finally:
+        await sink.close()
+    if problem is not None:
+        say(problem)
+        return False
+    say(f"{config.url}: HEC accepts the token")
+    return True
 
 
 def _unwritable(path: Path) -> str | None:

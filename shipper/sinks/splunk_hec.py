@@ -972,6 +972,28 @@ class SplunkHecSink:
         progress.outcomes[position] = Outcome.DEAD_LETTERED
         progress.reasons[position] = reason
 
+    async def check_token(self) -> str | None:
+        """For `shipper test-output`, after `open()`: None if HEC accepts this output's token,
+        else why not. Sends an empty body, which HEC answers "No data" (code 5) once the token
+        passed (it checks the token first), so nothing is indexed."""
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"output {self.name}: check_token() before open()")
+        try:
+            response = await client.post(
+                "/services/collector/event",
+                content=b"",
+                headers={"X-Splunk-Request-Channel": self._channel},
+            )
+        except httpx.HTTPError as exc:
+            return f"cannot reach Splunk HEC: {self._scrub(type(exc).__name__ + ': ' + str(exc))}"
+        answer = self._answer(response)
+        if answer.code in _TOKEN_CODES or answer.status in (401, 403):
+            return str(self._token_refused(answer))
+        if answer.code == 5 or (answer.status == 200 and answer.code == 0):
+            return None
+        return f"unexpected answer from HEC ({self._detail(answer)})"
+
     def _token_refused(self, answer: _Answer) -> HeldSinkError:
         option = (
             f"`token_file` ({self.config.token_file})"
