@@ -158,11 +158,21 @@ class OutputRunner:
         return Batch.of(groups)
 
     async def _send(self, batch: Batch) -> None:
+        slot_held = True
+
+        def free_slot() -> None:
+            # The destination took the batch; only its acknowledgement is awaited now, which
+            # can take seconds: let the next batch go meanwhile (what settles still waits).
+            nonlocal slot_held
+            if slot_held:
+                slot_held = False
+                self._slots.release()
+
         try:
             self._telemetry.inc("shipper_batches_total", output=self.name)
-            await self._sender.deliver(batch)
+            await self._sender.deliver(batch, on_accepted=free_slot)
         finally:
-            self._slots.release()
+            free_slot()
         for group in batch.groups:
             if group.settlement is not None:
                 group.settlement.settle_one()

@@ -60,8 +60,12 @@ class Sender:
         self._dead_letter = dead_letter
         self._telemetry = telemetry
 
-    async def deliver(self, batch: Batch) -> None:
-        """Return once every record of `batch` has a final outcome at this output."""
+    async def deliver(self, batch: Batch, on_accepted: Callable[[], None] | None = None) -> None:
+        """Return once every record of `batch` has a final outcome at this output.
+
+        `on_accepted` runs when the destination took the batch and only its confirmation is
+        awaited (indexer acknowledgement): the caller may start the next send meanwhile.
+        """
         pending = batch
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableSinkError),
@@ -74,7 +78,7 @@ class Sender:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        await self._attempt(pending)
+                        await self._attempt(pending, on_accepted)
                     except (_PartialRetry, _PartialHeld) as partial:
                         pending = partial.remaining
                         raise
@@ -82,11 +86,13 @@ class Sender:
             reason = f"gave up after {retrying.statistics.get('attempt_number', 1)} attempts: {exc}"
             await self._reject([(group, index, reason) for group, index in pending.records()])
 
-    async def _attempt(self, batch: Batch) -> None:
+    async def _attempt(self, batch: Batch, on_accepted: Callable[[], None] | None = None) -> None:
         """Send once; tally final outcomes; raise to retry what is left."""
         result = await self._sink.send(batch)
         self._check_count(result, batch)
         if result.acknowledged is not None:
+            if on_accepted is not None:
+                on_accepted()
             result = await result.acknowledged
             self._check_count(result, batch)
         outcomes = result.outcomes

@@ -582,3 +582,50 @@ async def test_budget_stops_ingest_until_an_output_settles() -> None:
         await wait_until(lambda: len(sink.calls) == 2, "the second send")
         sink.calls[1].finish()
         await wait_until(lambda: rig.checkpoint == second.end, "both to settle")
+
+
+class AckingSink:
+    """Takes every batch at once and confirms it only when the test says so (indexer acks)."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.confirmations: list[asyncio.Future[BatchResult]] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def open_all(self) -> None:
+        """What `running` calls on exit: confirm whatever is still awaited."""
+        for batch, confirmed in zip(self.batches, self.confirmations, strict=True):
+            if not confirmed.done():
+                confirmed.set_result(BatchResult.uniform(Outcome.DELIVERED, len(batch)))
+
+    async def send(self, batch: Batch) -> BatchResult:
+        self.batches.append(batch)
+        confirmed: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self.confirmations.append(confirmed)
+        return BatchResult([Outcome.AWAITING_ACK] * len(batch), acknowledged=confirmed)
+
+
+async def test_a_batch_waiting_only_for_its_acknowledgement_frees_its_send_slot() -> None:
+    """With one send in flight, the next batch goes while the first awaits its ack; each
+    settles only when confirmed."""
+    sink = AckingSink()
+    runner = make_runner(sink, max_records=1, max_in_flight=1)  # type: ignore[arg-type]
+    first, second = group_of(1, name="first"), group_of(1, name="second")
+    settled: list[str] = []
+    for group in (first, second):
+        group.settlement = Settlement(lambda g=group: settled.append(g.messages[0]))
+        group.settlement.expect(1)
+    async with running(runner):
+        runner.put(first)
+        runner.put(second)
+        await wait_until(lambda: len(sink.batches) == 2, "the second batch sent before any ack")
+        assert settled == []
+        sink.confirmations[1].set_result(BatchResult.uniform(Outcome.DELIVERED, 1))
+        await wait_until(lambda: settled == ["second-0"], "the second batch settled")
+        sink.confirmations[0].set_result(BatchResult.uniform(Outcome.DELIVERED, 1))
+        await wait_until(lambda: settled == ["second-0", "first-0"], "the first batch settled")
