@@ -86,7 +86,12 @@ def output_lines(tmp: Path) -> list[bytes]:
 
 
 def checkpoints(tmp: Path) -> dict[str, int]:
-    document = orjson.loads((tmp / "state" / "checkpoints.json").read_bytes())
+    """The flushed checkpoint file's offsets; empty before the first flush (it is replaced by a
+    rename, so it is never read half written)."""
+    path = tmp / "state" / "checkpoints.json"
+    if not path.exists():
+        return {}
+    document = orjson.loads(path.read_bytes())
     return {entry["path"]: entry["offset"] for entry in document["files"]}
 
 
@@ -104,7 +109,12 @@ def stop_and_restart(tmp: Path, how: signal.Signals) -> tuple[LiveWriter, dict[s
     writer.start()
     first, first_log = start_shipper(tmp, "first")
     try:
-        wait_until_sync(lambda: len(output_lines(tmp)) >= 3000, what="the first run shipping")
+        # Stopped only once a checkpoint past the start was flushed: a kill within the first
+        # flush interval would test nothing but a full replay.
+        wait_until_sync(
+            lambda: len(output_lines(tmp)) >= 3000 and any(checkpoints(tmp).values()),
+            what="the first run shipping and flushing a checkpoint",
+        )
         first.send_signal(how)
         code = first.wait(timeout=30)
     finally:
