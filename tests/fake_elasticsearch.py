@@ -99,18 +99,24 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tests.fake_http import HttpError, discard, read_chunked, read_exactly, read_head
+from tests.fake_http import (
+    HttpError,
+    ThreadedHttpServer,
+    discard,
+    read_chunked,
+    read_exactly,
+    read_head,
+)
 
 _T = TypeVar("_T")
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length: 100mb
@@ -366,7 +372,7 @@ class _Response:
 # --- the server ---------------------------------------------------------------------------------
 
 
-class FakeElasticsearch:
+class FakeElasticsearch(ThreadedHttpServer):
     """The node. `start()`/`stop()`, or `with`/`async with`. Attributes may be set at any time."""
 
     def __init__(
@@ -402,13 +408,7 @@ class FakeElasticsearch:
         self.delay = 0.0  # seconds before every answer
         self._security = security
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._connections: dict[socket.socket, threading.Thread] = {}
-        self.port = port
+        super().__init__(port, name="es")
         # state
         self.indices: dict[str, Index] = {}
         self.data_streams: dict[str, DataStream] = {}
@@ -430,93 +430,6 @@ class FakeElasticsearch:
         if builtin_templates:
             for kind in ("logs", "metrics"):
                 self.templates[kind] = _builtin_template(kind)
-
-    # --- lifetime ----------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._stopping.clear()
-        if self._listener is None:
-            self._listen()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._close_listener()
-        self._abort_connections()
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        """Inside the block the node is gone: open connections are cut, new ones refused. It
-        comes back on the same port, with its data, after the block."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self._stopping.clear()
-            self._listen()
-
-    def __enter__(self) -> FakeElasticsearch:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeElasticsearch:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _listen(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept, args=(listener,), name=f"fake-es-accept-{self.port}", daemon=True
-        )
-        self._accept_thread.start()
-
-    def _close_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
-        listener.close()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-            self._accept_thread = None
-
-    def _abort_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections.items())
-        for sock, _thread in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for _sock, thread in connections:
-            thread.join(timeout=5)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                sock, _address = listener.accept()
-            except OSError:
-                return  # the listener was closed
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(
-                target=self._serve, args=(sock,), name="fake-es-connection", daemon=True
-            )
-            with self._lock:
-                self._connections[sock] = thread
-            thread.start()
 
     # --- scripting ---------------------------------------------------------------------------
 
@@ -709,26 +622,6 @@ class FakeElasticsearch:
     def items(self) -> list[BulkItem]:
         """Every bulk item received, in order, including retries of the same document."""
         return [item for request in self.bulk_requests() for item in request.items]
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Block until `predicate()` (checked after every request) holds; TimeoutError else."""
-        with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise TimeoutError(f"condition not met within {timeout}s")
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """`wait_until` for async tests: polls with a deadline, the event loop keeps running."""
-        import asyncio  # noqa: PLC0415  (only async tests need it)
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            with self._lock:
-                if predicate():
-                    return
-            if loop.time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout}s")
-            await asyncio.sleep(0.005)
 
     # --- HTTP --------------------------------------------------------------------------------
 

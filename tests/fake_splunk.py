@@ -104,7 +104,6 @@ import contextlib
 import json
 import re
 import socket
-import threading
 import time
 import zlib
 from collections import Counter
@@ -114,7 +113,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fake_http import HttpError, discard, read_chunked, read_exactly, read_head
+from tests.fake_http import (
+    HttpError,
+    ThreadedHttpServer,
+    discard,
+    read_chunked,
+    read_exactly,
+    read_head,
+)
 
 _T = TypeVar("_T")
 DEFAULT_MAX_CONTENT_LENGTH = 800 * 1024 * 1024  # limits.conf [http_input] max_content_length
@@ -326,7 +332,7 @@ _DECODER = json.JSONDecoder(parse_float=_RawFloat, parse_constant=_no_constants)
 # --- the server ---------------------------------------------------------------------------------
 
 
-class FakeSplunk:
+class FakeSplunk(ThreadedHttpServer):
     """The collector. `start()`/`stop()`, or `with`/`async with`. Attributes may be set any time."""
 
     def __init__(
@@ -354,13 +360,7 @@ class FakeSplunk:
         self.delay = 0.0  # seconds before every answer
         self._clock = clock or time.monotonic
         self._wall_clock = wall_clock or time.time_ns
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._connections: dict[socket.socket, threading.Thread] = {}
-        self.port = port
+        super().__init__(port, name="hec")
         # state
         self.tokens: dict[str, Token] = {}
         self.channels: dict[str, _Channel] = {}
@@ -378,93 +378,6 @@ class FakeSplunk:
         self._busy = 0  # nesting depth of `busy()`
         self._drops: list[tuple[int, tuple[bool, bool]]] = []  # (remaining, (after, reset))
         self._slow: list[tuple[int, float]] = []  # (remaining, seconds)
-
-    # --- lifetime ----------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._stopping.clear()
-        if self._listener is None:
-            self._listen()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._close_listener()
-        self._abort_connections()
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        """Inside the block HEC is gone: open connections are cut, new ones refused. It comes
-        back on the same port, with its events, channels and pending acks, after the block."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self._stopping.clear()
-            self._listen()
-
-    def __enter__(self) -> FakeSplunk:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FakeSplunk:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _listen(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept, args=(listener,), name=f"fake-hec-accept-{self.port}", daemon=True
-        )
-        self._accept_thread.start()
-
-    def _close_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
-        listener.close()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-            self._accept_thread = None
-
-    def _abort_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections.items())
-        for sock, _thread in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for _sock, thread in connections:
-            thread.join(timeout=5)
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                sock, _address = listener.accept()
-            except OSError:
-                return  # the listener was closed
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(
-                target=self._serve, args=(sock,), name="fake-hec-connection", daemon=True
-            )
-            with self._lock:
-                self._connections[sock] = thread
-            thread.start()
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -625,26 +538,6 @@ class FakeSplunk:
                 if channel is None or name == channel
                 for pending in state.pending.values()
             ]
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Block until `predicate()` (checked after every request) holds; TimeoutError else."""
-        with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise TimeoutError(f"condition not met within {timeout}s")
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """`wait_until` for async tests: polls with a deadline, the event loop keeps running."""
-        import asyncio  # noqa: PLC0415  (only async tests need it)
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            with self._lock:
-                if predicate():
-                    return
-            if loop.time() > deadline:
-                raise TimeoutError(f"condition not met within {timeout}s")
-            await asyncio.sleep(0.005)
 
     # --- HTTP --------------------------------------------------------------------------------
 
