@@ -7,7 +7,7 @@ plain form is the reference it must equal byte for byte (checked by tests on hos
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -114,3 +114,30 @@ def encode_batch(batch: Batch) -> bytes:
         encode_spliced(group, indices)
         for group, indices in zip(batch.groups, batch.selection, strict=True)
     )
+
+
+def record_document(group: RecordGroup, index: int) -> Mapping[str, Any]:
+    """A record as the outputs send it, as a dict: processed when the source has processors."""
+    if group.documents is None:
+        return build_document(group, index)
+    try:
+        document = orjson.loads(group.documents[index])
+    except orjson.JSONDecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def field_value(node: Any, path: Sequence[str]) -> Any:
+    """The value at a dotted path of a record; a key that itself holds dots (a label such as
+    `app.kubernetes.io/name` kept undotted) matches too."""
+    if not path:
+        return node
+    if not isinstance(node, Mapping):
+        return None
+    for width in range(len(path), 0, -1):
+        key = ".".join(path[:width])
+        if key in node:
+            found = field_value(node[key], path[width:])
+            if found is not None:
+                return found
+    return None

@@ -31,7 +31,7 @@ from elasticsearch import ConnectionError as ClientConnectionError
 from shipper.config import ElasticsearchOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
-from shipper.sinks.ecs import build_document, encode_spliced
+from shipper.sinks.ecs import encode_spliced, field_value, record_document
 from shipper.sinks.record_ids import record_ids
 from shipper.telemetry.counters import Telemetry
 
@@ -194,7 +194,7 @@ class _Router:
         cut = self._cut
         if self._fields and (self._per_record or group.documents is not None):
             return [
-                self._name(self._values(_record_fields(group, i)), timestamps[i][:cut])
+                self._name(self._values(record_document(group, i)), timestamps[i][:cut])
                 for i in indices
             ]
         values = self._values(_group_fields(group)) if self._fields else ()
@@ -252,39 +252,13 @@ class _Router:
         return when.strftime(fallback.text) if fallback.dated else fallback.text
 
     def _values(self, document: Mapping[str, Any]) -> tuple[str | None, ...]:
-        return tuple(_safe_value(_lookup(document, path)) for path in self._fields)
+        return tuple(_safe_value(field_value(document, path)) for path in self._fields)
 
 
 def _group_fields(group: RecordGroup) -> Mapping[str, Any]:
     if group.enrichment is not None:
         return group.enrichment.document
     return {"container": {"id": group.file.container_id}}
-
-
-def _record_fields(group: RecordGroup, index: int) -> Mapping[str, Any]:
-    if group.documents is None:
-        return build_document(group, index)
-    try:
-        document = orjson.loads(group.documents[index])
-    except orjson.JSONDecodeError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
-def _lookup(node: Any, path: Sequence[str]) -> Any:
-    """The value at a dotted path; a key that itself holds dots (a label such as
-    `app.kubernetes.io/name` kept undotted) matches too."""
-    if not path:
-        return node
-    if not isinstance(node, Mapping):
-        return None
-    for width in range(len(path), 0, -1):
-        key = ".".join(path[:width])
-        if key in node:
-            found = _lookup(node[key], path[width:])
-            if found is not None:
-                return found
-    return None
 
 
 def _safe_value(value: Any) -> str | None:

@@ -84,7 +84,7 @@ from shipper import __version__
 from shipper.config import HecTemplate, SplunkHecOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
-from shipper.sinks.ecs import build_document, encode_spliced
+from shipper.sinks.ecs import encode_spliced, field_value, record_document
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
@@ -260,16 +260,6 @@ def _group_fields(group: RecordGroup) -> dict[str, Any]:
     return document
 
 
-def _record_fields(group: RecordGroup, index: int) -> Mapping[str, Any]:
-    if group.documents is None:
-        return build_document(group, index)
-    try:
-        document = orjson.loads(group.documents[index])
-    except orjson.JSONDecodeError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def _per_record(path: Sequence[str]) -> bool:
     head = path[0]
     if head in _PER_RECORD_HEADS:
@@ -277,22 +267,6 @@ def _per_record(path: Sequence[str]) -> bool:
     if head == "log":  # only the file's path is shared by a group (its offset is not)
         return tuple(path) != ("log", "file", "path")
     return head == "docker" and (len(path) < 2 or path[1] == "attrs")
-
-
-def _lookup(node: Any, path: Sequence[str]) -> Any:
-    """The value at a dotted path; a key that itself holds dots (a label such as
-    `app.kubernetes.io/name` kept undotted) matches too."""
-    if not path:
-        return node
-    if not isinstance(node, Mapping):
-        return None
-    for width in range(len(path), 0, -1):
-        key = ".".join(path[:width])
-        if key in node:
-            found = _lookup(node[key], path[width:])
-            if found is not None:
-                return found
-    return None
 
 
 def _text(value: Any) -> str | None:
@@ -346,7 +320,7 @@ class _Router:
             routes: list[Route] = []
             fields: list[bytes] = []
             for i in indices:
-                document = _record_fields(group, i)
+                document = record_document(group, i)
                 routes.append(self._route(document))
                 fields.append(self._indexed_fields(document))
             return routes, fields
@@ -411,7 +385,7 @@ class _Router:
             return b""
         values = {}
         for name, path in self._fields:
-            value = _flat(_lookup(document, path))
+            value = _flat(field_value(document, path))
             if value is not None:
                 values[name] = value
         return b',"fields":' + orjson.dumps(values) if values else b""
@@ -430,7 +404,7 @@ def _render(
         if isinstance(part, str):
             text.append(part)
             continue
-        value = _text(_lookup(document, part))
+        value = _text(field_value(document, part))
         if value is None or not value:
             return None
         if index:
