@@ -863,21 +863,32 @@ _RESERVED_HEADERS = frozenset(
 )
 
 
-def _header_name(value: str) -> str:
-    if _HEADER_NAME_RE.fullmatch(value) is None:
-        raise PydanticCustomError("config_header", "not a valid HTTP header name")
-    if value.lower() in _RESERVED_HEADERS:
-        raise PydanticCustomError(
-            "config_header",
-            "set by shipper itself (credentials go in username/password, api_key or bearer_token)",
-        )
-    return value
+def _header_names(reserved: frozenset[str], why: str) -> Callable[[str], str]:
+    """A check of an output's extra header names: valid, and none of those shipper sets."""
+
+    def check(value: str) -> str:
+        if _HEADER_NAME_RE.fullmatch(value) is None:
+            raise PydanticCustomError("config_header", "not a valid HTTP header name")
+        if value.lower() in reserved:
+            raise PydanticCustomError(
+                "config_header", "set by shipper itself ({why})", {"why": why}
+            )
+        return value
+
+    return check
 
 
-def _elasticsearch_url(value: str) -> str:
-    """The URL with its port: 9200 when none is given, as Filebeat does."""
+_header_name = _header_names(
+    _RESERVED_HEADERS, "credentials go in username/password, api_key or bearer_token"
+)
+
+
+def _http_url(value: str, *, example: str, credentials: str) -> tuple[str, str, int | None, str]:
+    """(scheme, host, port, path) of an output's http(s) URL, or the error naming what is wrong:
+    no credentials (the URL is logged and shown in errors; they have options of their own,
+    kept secret: `credentials` says which), no query or fragment."""
     invalid = PydanticCustomError(
-        "config_url", "expected an http:// or https:// URL such as https://es.example.com:9200"
+        "config_url", "expected an http:// or https:// URL such as {example}", {"example": example}
     )
     try:
         url = urlsplit(value.strip())
@@ -886,17 +897,26 @@ def _elasticsearch_url(value: str) -> str:
         raise invalid from None
     if url.scheme not in ("http", "https") or not url.hostname:
         raise invalid
-    # The URL is logged and shown in errors; credentials have options of their own, kept secret.
     if url.username is not None or url.password is not None:
         raise PydanticCustomError(
             "config_url_credentials",
-            "credentials in the URL are not allowed: use username and password, api_key or "
-            "bearer_token",
+            "credentials in the URL are not allowed: use {credentials}",
+            {"credentials": credentials},
         )
     if url.query or url.fragment:
         raise PydanticCustomError("config_url", "a query or fragment is not allowed in the URL")
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    return f"{url.scheme}://{host}:{port or 9200}{url.path.rstrip('/')}"
+    return url.scheme, host, port, url.path.rstrip("/")
+
+
+def _elasticsearch_url(value: str) -> str:
+    """The URL with its port: 9200 when none is given, as Filebeat does."""
+    scheme, host, port, path = _http_url(
+        value,
+        example="https://es.example.com:9200",
+        credentials="username and password, api_key or bearer_token",
+    )
+    return f"{scheme}://{host}:{port or 9200}{path}"
 
 
 def _cloud_id(value: str) -> str:
@@ -1147,43 +1167,23 @@ def _hec_field_name(value: str) -> str:
     return value
 
 
-def _hec_header_name(value: str) -> str:
-    if _HEADER_NAME_RE.fullmatch(value) is None:
-        raise PydanticCustomError("config_header", "not a valid HTTP header name")
-    if value.lower() in _HEC_RESERVED_HEADERS:
-        raise PydanticCustomError(
-            "config_header", "set by shipper itself (the token goes in `token` or `token_file`)"
-        )
-    return value
+_hec_header_name = _header_names(_HEC_RESERVED_HEADERS, "the token goes in `token` or `token_file`")
 
 
 def _splunk_url(value: str) -> str:
     """The base URL with its port: 8088 (HEC's default) when none is given."""
-    invalid = PydanticCustomError(
-        "config_url", "expected an http:// or https:// URL such as https://splunk.example.com:8088"
+    scheme, host, port, path = _http_url(
+        value,
+        example="https://splunk.example.com:8088",
+        credentials="`token` or `token_file`",
     )
-    try:
-        url = urlsplit(value.strip())
-        port = url.port
-    except ValueError:
-        raise invalid from None
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise invalid
-    if url.username is not None or url.password is not None:
-        raise PydanticCustomError(
-            "config_url_credentials",
-            "credentials in the URL are not allowed: use `token` or `token_file`",
-        )
-    if url.query or url.fragment:
-        raise PydanticCustomError("config_url", "a query or fragment is not allowed in the URL")
-    if "/services/collector" in url.path:
+    if "/services/collector" in path:
         raise PydanticCustomError(
             "config_url",
             "give the base URL (e.g. https://splunk.example.com:8088): shipper adds "
             "/services/collector/... itself",
         )
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    return f"{url.scheme}://{host}:{port or 8088}{url.path.rstrip('/')}"
+    return f"{scheme}://{host}:{port or 8088}{path}"
 
 
 _HecTemplate = Annotated[HecTemplate, PlainValidator(_parse_hec_template)]
