@@ -57,14 +57,11 @@ _DOCKER_SUFFIX = re.compile(r"\.([1-9]\d*)(\.gz)?", re.ASCII)
 _KUBELET_SUFFIX = re.compile(r"\.(\d{8}-\d{6})(\.gz)?", re.ASCII)
 
 
-class DockerRotation:
-    """Docker json-file: `<base>`, `<base>.N`, `<base>.N.gz`; N counts rotations, larger is older.
-
-    Ages are Docker's own N, so a file's age is the number in its name.
-    """
+class _SuffixRotation:
+    """What the schemes share: a generation is the live name plus a suffix the scheme reads."""
 
     __slots__ = ("base",)
-    writes_after_rename = False
+    writes_after_rename = True
 
     def __init__(self, base: str) -> None:
         self.base = base
@@ -72,23 +69,48 @@ class DockerRotation:
     def generations(self, names: Iterable[str]) -> list[tuple[int, str]]:
         base = self.base
         start = len(base)
-        match_suffix = _DOCKER_SUFFIX.fullmatch
+        order_of = self._order
         live = False
         found: dict[str, tuple[_Order, str]] = {}
         for name in names:
             if name == base:
                 live = True
             elif name.startswith(base):
-                match = match_suffix(name, start)
-                if match is not None:
-                    _pick(found, name, match[2] is not None, (0, -int(match[1]), ""))
+                read = order_of(name, start)
+                if read is not None:
+                    _pick(found, name, read[1], read[0])
+        return self._aged(found, live)
+
+    def _order(self, name: str, start: int) -> tuple[_Order, bool] | None:
+        """The place in time of `name` (whose suffix begins at `start`) and whether it is
+        compressed; None if it is not a generation of this file."""
+        raise NotImplementedError
+
+    def _aged(self, found: dict[str, tuple[_Order, str]], live: bool) -> list[tuple[int, str]]:
+        return _by_rank(found, live, self.base)
+
+
+class DockerRotation(_SuffixRotation):
+    """Docker json-file: `<base>`, `<base>.N`, `<base>.N.gz`; N counts rotations, larger is older.
+
+    Ages are Docker's own N, so a file's age is the number in its name.
+    """
+
+    __slots__ = ()
+    writes_after_rename = False
+
+    def _order(self, name: str, start: int) -> tuple[_Order, bool] | None:
+        match = _DOCKER_SUFFIX.fullmatch(name, start)
+        return None if match is None else ((0, -int(match[1]), ""), match[2] is not None)
+
+    def _aged(self, found: dict[str, tuple[_Order, str]], live: bool) -> list[tuple[int, str]]:
         ordered = [(-order[1], name) for order, name in sorted(found.values())]
         if live:
-            ordered.append((0, base))
+            ordered.append((0, self.base))
         return ordered
 
 
-class KubeletRotation:
+class KubeletRotation(_SuffixRotation):
     """The kubelet's rotation of a CRI container log (pkg/kubelet/logs/container_log_manager.go).
 
     The live file is `<restart>.log`. At each rotation the kubelet first gzips every rotated file
@@ -100,26 +122,11 @@ class KubeletRotation:
     name, so the timestamp text orders them here too.
     """
 
-    __slots__ = ("base",)
-    writes_after_rename = True
+    __slots__ = ()
 
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def generations(self, names: Iterable[str]) -> list[tuple[int, str]]:
-        base = self.base
-        start = len(base)
-        match_suffix = _KUBELET_SUFFIX.fullmatch
-        live = False
-        found: dict[str, tuple[_Order, str]] = {}
-        for name in names:
-            if name == base:
-                live = True
-            elif name.startswith(base):
-                match = match_suffix(name, start)
-                if match is not None:
-                    _pick(found, name, match[2] is not None, (0, 0, match[1]))
-        return _by_rank(found, live, base)
+    def _order(self, name: str, start: int) -> tuple[_Order, bool] | None:
+        match = _KUBELET_SUFFIX.fullmatch(name, start)
+        return None if match is None else ((0, 0, match[1]), match[2] is not None)
 
 
 # logrotate's and Python logging's rotated names, after the live file's name:
@@ -136,7 +143,7 @@ _DATED = re.compile(
 _NOT_DIGITS = re.compile(r"\D", re.ASCII)
 
 
-class LogrotateRotation:
+class LogrotateRotation(_SuffixRotation):
     """Files rotated by logrotate or Python's logging handlers, numbered or dated.
 
     Numbered files are ordered by number (larger is older), dated ones by their digits (later is
@@ -147,33 +154,16 @@ class LogrotateRotation:
     that are neither (`app.log.bak`, `app.log.swp`, `app.log.1.tmp`) are not generations.
     """
 
-    __slots__ = ("base",)
-    writes_after_rename = True
+    __slots__ = ()
 
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def generations(self, names: Iterable[str]) -> list[tuple[int, str]]:
-        base = self.base
-        start = len(base)
-        live = False
-        found: dict[str, tuple[_Order, str]] = {}
-        for name in names:
-            if name == base:
-                live = True
-            elif name.startswith(base):
-                # A date first: `.20240101` also looks like a (huge) number.
-                match = _DATED.fullmatch(name, start)
-                if match is not None:
-                    # Digits only, so `-20240101` and `.2024-01-01` compare as the same day.
-                    order = (1, 0, _NOT_DIGITS.sub("", match[1]))
-                else:
-                    match = _NUMBERED.fullmatch(name, start)
-                    if match is None:
-                        continue
-                    order = (0, -int(match[1]), "")
-                _pick(found, name, name.endswith(_GZ), order)
-        return _by_rank(found, live, base)
+    def _order(self, name: str, start: int) -> tuple[_Order, bool] | None:
+        # A date first: `.20240101` also looks like a (huge) number.
+        match = _DATED.fullmatch(name, start)
+        if match is not None:
+            # Digits only, so `-20240101` and `.2024-01-01` compare as the same day.
+            return (1, 0, _NOT_DIGITS.sub("", match[1])), name.endswith(_GZ)
+        match = _NUMBERED.fullmatch(name, start)
+        return None if match is None else ((0, -int(match[1]), ""), name.endswith(_GZ))
 
 
 def logrotate_live_name(name: str) -> str | None:
