@@ -119,8 +119,11 @@ class App:
         *,
         telemetry: Telemetry | None = None,
         sinks: dict[str, SinkFactory] | None = None,
+        once: bool = False,
     ) -> None:
         self.config = config
+        # A backfill (`run --once`): read every file up to its current end, then stop.
+        self.once = once
         self.telemetry = telemetry or Telemetry()
         self._sinks = SINKS if sinks is None else sinks
         self.store = CheckpointStore(

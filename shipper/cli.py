@@ -1,14 +1,13 @@
-"""The `shipper` command line: run, check-config, setup, test-output, demo, version; exit 0 ok,
-1 fatal, 2 config."""
+"""The `shipper` command line: run, status, replay-dead-letters, health, check-config, setup,
+test-output, demo, version; exit 0 ok, 1 fatal, 2 config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,37 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="ship logs as the config says, until stopped")
     run.add_argument("--config", type=Path, help="YAML config file (default: the embedded one)")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="backfill: ship everything up to the files' current ends, then exit",
+    )
+    status = commands.add_parser(
+        "status",
+        help="how far each log file is shipped, from the checkpoint file (also while running)",
+    )
+    status.add_argument("--config", type=Path, help="YAML config file (default: the embedded one)")
+    status.add_argument("--json", action="store_true", help="one JSON object per file")
+    replay = commands.add_parser(
+        "replay-dead-letters",
+        help="send the dead-lettered records again, once their cause is fixed",
+    )
+    replay.add_argument("--config", type=Path, help="YAML config file (default: the embedded one)")
+    replay.add_argument(
+        "--file", type=Path, help="dead-letter file to replay (default: the configured one)"
+    )
+    replay.add_argument("--output", metavar="NAME", help="only records rejected by this output")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="say what would be sent; send nothing"
+    )
+    health = commands.add_parser(
+        "health",
+        help="ask a running shipper whether it is ready (exit 0) or not (1): for HEALTHCHECKs",
+    )
+    health.add_argument("--config", type=Path, help="YAML config file (default: the embedded one)")
+    health.add_argument(
+        "--live", action="store_true", help="ask whether it is alive instead of ready"
+    )
     check = commands.add_parser(
         "check-config", help="validate a config file without side effects (exit 0 valid, 2 not)"
     )
@@ -97,20 +127,39 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        print(f"shipper {__version__}")
-        return EXIT_OK
-    if args.command == "check-config":
-        return _check_config(args.config)
-    if args.command == "setup":
-        return _setup(args.config, args.output, args.delete_after, dry_run=args.dry_run)
-    if args.command == "test-output":
-        return _test_output(args.config, args.output)
-    if args.command == "demo":
-        from shipper.demo import run_demo  # noqa: PLC0415 - only the demo needs the writer
+    return _COMMANDS[args.command](args)
 
-        return run_demo(args.dir, containers=args.containers, lines=args.lines, rate=args.rate)
-    return _run(args.config)
+
+def _version(args: argparse.Namespace) -> int:
+    del args
+    print(f"shipper {__version__}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from shipper.status import show_status  # noqa: PLC0415 - each command imports its own
+
+    return show_status(args.config, as_json=args.json)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from shipper.replay import replay_dead_letters  # noqa: PLC0415
+
+    return replay_dead_letters(
+        args.config, file=args.file, output=args.output, dry_run=args.dry_run
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    from shipper.telemetry.server import probe  # noqa: PLC0415
+
+    return probe(args.config, live=args.live)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shipper.demo import run_demo  # noqa: PLC0415 - only the demo needs the writer
+
+    return run_demo(args.dir, containers=args.containers, lines=args.lines, rate=args.rate)
 
 
 def _check_config(path: Path | None) -> int:
@@ -259,7 +308,7 @@ def _test_output(path: Path | None, only: str | None) -> int:
     return EXIT_OK
 
 
-def _run(path: Path | None) -> int:
+def _run(path: Path | None, *, once: bool) -> int:
     setup_logging()
     try:
         config = load_config(path)
@@ -267,23 +316,19 @@ def _run(path: Path | None) -> int:
         log.error("Invalid config; not starting.", extra={"error": str(exc)})
         return EXIT_CONFIG
     setup_logging(config.logging.level, config.logging.format)
-    return run_until_signalled(config)
+    from shipper.runner import run_until_signalled  # noqa: PLC0415 - keep `shipper version` light
+
+    return run_until_signalled(config, path, once=once)
 
 
-def run_until_signalled(config: Config) -> int:
-    """Run shipper until SIGTERM or SIGINT, then shut down cleanly."""
-    from shipper.app import App  # noqa: PLC0415 - keep `shipper version` light
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await App(config).run(stop)
-
-    try:
-        asyncio.run(main())
-    except ShipperError as exc:
-        log.error("shipper cannot go on.", extra={"error": str(exc)})
-        return EXIT_FATAL
-    return EXIT_OK
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": lambda args: _run(args.config, once=args.once),
+    "status": _status,
+    "replay-dead-letters": _replay,
+    "health": _health,
+    "check-config": lambda args: _check_config(args.config),
+    "setup": lambda args: _setup(args.config, args.output, args.delete_after, dry_run=args.dry_run),
+    "test-output": lambda args: _test_output(args.config, args.output),
+    "demo": _demo,
+    "version": _version,
+}

@@ -52,10 +52,13 @@ __all__ = [
     "ElasticsearchTlsConfig",
     "FileOutputConfig",
     "FilesSourceConfig",
+    "HealthConfig",
     "HecTemplate",
     "IndexName",
     "LogLevelConfig",
+    "LogRateLimitConfig",
     "LoggingConfig",
+    "MonitoringConfig",
     "MultilineConfig",
     "MultilineParserConfig",
     "MultilineRule",
@@ -1290,9 +1293,39 @@ class DeadLetterConfig(_Model):
     path: _Path | None = None  # None = <state_dir>/dead-letter.ndjson
 
 
+class LogRateLimitConfig(_Model):
+    """At most `messages` log lines of one kind (the same message text) per `interval`; the
+    rest are counted and summed up in one line when the interval ends (0 = no limit)."""
+
+    messages: int = Field(default=10, ge=0)
+    interval: _PositiveDuration = 10.0
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
+    rate_limit: LogRateLimitConfig = Field(default_factory=LogRateLimitConfig)
+
+
+class HealthConfig(_Model):
+    """When /readyz turns false (Fluent Bit's v2 health checks are the anchor)."""
+
+    # An output whose every attempt failed (or was held) for this long makes shipper unready.
+    output_failing_after: _PositiveDuration = 60.0
+    # A file with unread bytes that no reading has advanced for this long, while the memory
+    # budget had room, makes shipper unready (a stuck follower, a hung file system).
+    reading_stalled_after: _PositiveDuration = 60.0
+
+
+class MonitoringConfig(_Model):
+    """The HTTP endpoint for Prometheus (/metrics) and probes (/livez, /readyz)."""
+
+    enabled: bool = True
+    # Loopback by default: the metrics name containers and paths. The DaemonSet binds the pod
+    # address (${POD_IP}) so Prometheus and the kubelet's probes can reach it.
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9910, ge=0, le=65535)  # 0: any free port (tests)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
 
 class Config(_Model):
@@ -1305,6 +1338,7 @@ class Config(_Model):
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @property
     def checkpoint_path(self) -> Path:

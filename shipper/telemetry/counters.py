@@ -191,6 +191,12 @@ DEFINITIONS: dict[str, Definition] = {
         "idempotency, so each may be indexed twice.",
         ("output",),
     ),
+    "shipper_reloads_total": Definition(
+        Kind.COUNTER,
+        "Config reloads asked for with SIGHUP, by result: ok (the new config runs) or invalid "
+        "(refused; the running config goes on).",
+        ("result",),
+    ),
 }
 
 
