@@ -687,7 +687,9 @@ class SplunkHecSink:
                 encode_spliced(group, (i,)).removesuffix(b"\n").replace(b"\n", b" ")
                 for i in indices
             ]
-        messages = group.messages
+        messages: Sequence[str] | dict[int, str] = group.messages
+        if group.documents is not None:
+            messages = _processed_messages(group, indices)
         events: list[bytes] = []
         append = events.append
         if self._raw:
@@ -1239,3 +1241,18 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _processed_messages(group: RecordGroup, indices: Sequence[int]) -> dict[int, str]:
+    """The `message` of each chosen record as processing left it (redacted, rewritten): the
+    columns keep the text as read, and sending that would undo a `redact` processor."""
+    messages: dict[int, str] = {}
+    for i in indices:
+        value = record_document(group, i).get("message")
+        if value is None:
+            messages[i] = ""
+        elif isinstance(value, str):
+            messages[i] = value
+        else:  # e.g. decode_json put an object there: send it as JSON text
+            messages[i] = orjson.dumps(value).decode()
+    return messages

@@ -381,6 +381,25 @@ async def test_record_mode_sends_processed_documents_as_they_are(hec: FakeSplunk
     assert second.fields == {}
 
 
+@pytest.mark.parametrize("endpoint", ["event", "raw"])
+async def test_message_mode_sends_the_message_as_processing_left_it(
+    hec: FakeSplunk, endpoint: str
+) -> None:
+    # The columns keep the line as read; a redact processor changed only the documents. Sending
+    # the column would ship the secret the processor removed.
+    group = make_group("password is secret-1234", "plain", "structured")
+    group.documents = [
+        b'{"message":"password is [REDACTED]"}\n',
+        b'{"level":"info"}\n',  # a processor dropped the message: nothing to send
+        b'{"message":{"user":"ann"}}\n',  # decode_json left an object: sent as JSON text
+    ]
+    async with opened(config_for(hec, endpoint=endpoint)) as sink:
+        await sink.send(Batch.of([group]))
+    sent = [event.event for event in hec.events()]
+    assert sent == ["password is [REDACTED]", '{"user":"ann"}']
+    assert all("secret-1234" not in request.body.decode() for request in hec.ingest_requests())
+
+
 async def test_raw_mode_sends_lines_with_the_route_in_the_query(hec: FakeSplunk) -> None:
     config = config_for(hec, endpoint="raw", index="{container.labels.idx}", allowed_indexes=["*"])
     groups = [
