@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointStore
 from shipper.config import (
     Config,
@@ -78,6 +80,27 @@ SINKS: dict[str, SinkFactory] = {
 }
 
 
+def build_sender(
+    name: str,
+    config: OutputConfig,
+    sink: Sink,
+    *,
+    dead_letter: Callable[[str, list[Rejected]], Awaitable[None]],
+    telemetry: Telemetry,
+) -> Sender:
+    """An output's Sender, retrying as its `retry:` says: the running App's and the one
+    `shipper replay-dead-letters` sends with, so a replay retries as shipping does."""
+    return Sender(
+        name,
+        sink,
+        initial_backoff=config.retry.initial_backoff,
+        max_backoff=config.retry.max_backoff,
+        max_attempts=config.retry.max_attempts,
+        dead_letter=dead_letter,
+        telemetry=telemetry,
+    )
+
+
 class Source(Protocol):
     """What the app needs of a source: a name, and a task that reads until cancelled."""
 
@@ -92,17 +115,39 @@ def build_source(
     store: CheckpointStore,
     pipeline: Pipeline,
     telemetry: Telemetry,
+    *,
+    backfill: Backlog | None = None,
 ) -> Source:
-    """The source a config describes: its `type:` chose the config class, which chooses this."""
+    """The source a config describes: its `type:` chose the config class, which chooses this.
+    With `backfill`, it reads what its files hold now and returns (`run --once`)."""
     match config:
         case DockerJsonSourceConfig():
             return DockerJsonSource(
-                name, config, store=store, pipeline=pipeline, telemetry=telemetry
+                name,
+                config,
+                store=store,
+                pipeline=pipeline,
+                telemetry=telemetry,
+                backfill=backfill,
             )
         case CriSourceConfig():
-            return CriSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+            return CriSource(
+                name,
+                config,
+                store=store,
+                pipeline=pipeline,
+                telemetry=telemetry,
+                backfill=backfill,
+            )
         case FilesSourceConfig():
-            return FilesSource(name, config, store=store, pipeline=pipeline, telemetry=telemetry)
+            return FilesSource(
+                name,
+                config,
+                store=store,
+                pipeline=pipeline,
+                telemetry=telemetry,
+                backfill=backfill,
+            )
 
 
 class App:
@@ -124,6 +169,10 @@ class App:
         self.config = config
         # A backfill (`run --once`): read every file up to its current end, then stop.
         self.once = once
+        # What the backfill has to read and has settled (its progress); None unless `once`.
+        self.backlog: Backlog | None = Backlog() if once else None
+        # Set when a backfill read everything and every output gave it a final outcome.
+        self.drained = False
         self.telemetry = telemetry or Telemetry()
         self._sinks = SINKS if sinks is None else sinks
         self.store = CheckpointStore(
@@ -135,17 +184,14 @@ class App:
         self.pipeline = Pipeline(self.outputs, self.budget, self.telemetry)
         self.sources: list[Source] = []
         self.started = asyncio.Event()
+        # When (time.monotonic()) the checkpoint file last held every settled offset: written,
+        # or nothing new to write. None before the first flush. shipper_checkpoint_age_seconds.
+        self.checkpoints_current_at: float | None = None
 
     def _build_output(self, name: str, config: OutputConfig) -> OutputRunner:
         sink = self._sinks[config.type](name, config, self.telemetry)
-        sender = Sender(
-            name,
-            sink,
-            initial_backoff=config.retry.initial_backoff,
-            max_backoff=config.retry.max_backoff,
-            max_attempts=config.retry.max_attempts,
-            dead_letter=self._dead_letter,
-            telemetry=self.telemetry,
+        sender = build_sender(
+            name, config, sink, dead_letter=self._dead_letter, telemetry=self.telemetry
         )
         return OutputRunner(
             name,
@@ -183,9 +229,13 @@ class App:
         for output in self.outputs:
             await output.sink.open()
         self.sources = [
-            build_source(name, cfg, self.store, self.pipeline, self.telemetry)
+            build_source(
+                name, cfg, self.store, self.pipeline, self.telemetry, backfill=self.backlog
+            )
             for name, cfg in self.config.sources.items()
         ]
+        if self.backlog is not None:
+            self.backlog.expect(len(self.sources))
         output_tasks = [
             asyncio.create_task(output.run(), name=f"output:{output.name}")
             for output in self.outputs
@@ -207,17 +257,62 @@ class App:
         failure: BaseException | None = None
         stopping = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait(
-                [stopping, *output_tasks, *source_tasks], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                if task is not stopping and not task.cancelled() and task.exception():
-                    failure = task.exception()
+            if self.once:
+                failure = await self._backfill(stopping, source_tasks, output_tasks)
+            else:
+                done, _ = await asyncio.wait(
+                    [stopping, *output_tasks, *source_tasks], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task is not stopping and not task.cancelled() and task.exception():
+                        failure = task.exception()
         finally:
             stopping.cancel()
             await self._shutdown(source_tasks, output_tasks, flusher)
         if failure is not None:
             raise failure
+
+    async def _backfill(
+        self,
+        stopping: asyncio.Task[bool],
+        source_tasks: list[asyncio.Task[None]],
+        output_tasks: list[asyncio.Task[None]],
+    ) -> BaseException | None:
+        """`run --once`: wait until every source has read its files, then close the outputs
+        and wait, with no time limit (an output that is down is retried as usual), until they
+        have sent everything. `stop` ends either wait, and the usual shutdown follows. Returns
+        what failed, if anything; `drained` says whether everything was delivered."""
+        failure: BaseException | None = None
+        reading = set(source_tasks)
+        while reading:
+            done, _ = await asyncio.wait(
+                [stopping, *reading, *output_tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopping in done:
+                return failure
+            for task in done:
+                error = task.exception() if not task.cancelled() else None
+                if task in reading:
+                    reading.discard(task)
+                    failure = failure or error
+                elif error is not None:
+                    # An output failed for good while sources still read: what they read could
+                    # never settle, and a full memory budget would keep them waiting forever.
+                    return error
+        log.info("Backfill: everything is read; waiting until the outputs have delivered it.")
+        for output in self.outputs:
+            output.close()
+        sending = set(output_tasks)
+        while sending:
+            done, _ = await asyncio.wait([stopping, *sending], return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                return failure
+            for task in done:
+                sending.discard(task)
+                error = task.exception() if not task.cancelled() else None
+                failure = failure or error
+        self.drained = failure is None
+        return failure
 
     async def _shutdown(
         self,
@@ -254,6 +349,8 @@ class App:
     def flush_checkpoints(self, *, force: bool = False) -> None:
         if self.store.flush(force=force):
             self.telemetry.inc("shipper_checkpoint_flushes_total")
+        # Not reached when the write failed (it raises): then the age grows.
+        self.checkpoints_current_at = time.monotonic()
 
     async def _flush_periodically(self) -> None:
         failing: str | None = None

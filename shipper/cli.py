@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -228,7 +229,7 @@ def _load_outputs(
     except ConfigError as exc:
         print(f"shipper {command}: invalid config\n{exc}", file=sys.stderr)
         return None
-    setup_logging(config.logging.level, config.logging.format)
+    setup_logging(config.logging.level, config.logging.format, rate_limit=config.logging.rate_limit)
     return outputs
 
 
@@ -309,13 +310,16 @@ def _test_output(path: Path | None, only: str | None) -> int:
 
 
 def _run(path: Path | None, *, once: bool) -> int:
+    # SIGHUP's default action ends the process: held back until the runner handles it (a
+    # reload asked for during startup then happens once it runs).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     setup_logging()
     try:
         config = load_config(path)
     except ConfigError as exc:
         log.error("Invalid config; not starting.", extra={"error": str(exc)})
         return EXIT_CONFIG
-    setup_logging(config.logging.level, config.logging.format)
+    setup_logging(config.logging.level, config.logging.format, rate_limit=config.logging.rate_limit)
     from shipper.runner import run_until_signalled  # noqa: PLC0415 - keep `shipper version` light
 
     return run_until_signalled(config, path, once=once)

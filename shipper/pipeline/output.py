@@ -61,6 +61,11 @@ class OutputRunner:
         self._failure: BaseException | None = None
         self._first_arrival = 0.0
 
+    @property
+    def failing_since(self) -> float | None:
+        """When (time.monotonic()) this output started failing every attempt; None if it works."""
+        return self._sender.failing_since
+
     def accepts(self, source: str) -> bool:
         return self._inputs is None or source in self._inputs
 
@@ -170,7 +175,11 @@ class OutputRunner:
 
         try:
             self._telemetry.inc("shipper_batches_total", output=self.name)
+            handed = time.monotonic()
             await self._sender.deliver(batch, on_accepted=free_slot)
+            self._telemetry.observe(
+                "shipper_batch_duration_seconds", time.monotonic() - handed, output=self.name
+            )
         finally:
             free_slot()
         for group in batch.groups:

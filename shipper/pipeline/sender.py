@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from tenacity import (
@@ -59,6 +60,10 @@ class Sender:
         )
         self._dead_letter = dead_letter
         self._telemetry = telemetry
+        # When (time.monotonic()) the first attempt failed since the last one that got records
+        # to a final outcome; None while the output delivers. Readiness and
+        # shipper_output_failing_seconds read it (from the metrics endpoint's thread too).
+        self.failing_since: float | None = None
 
     async def deliver(self, batch: Batch, on_accepted: Callable[[], None] | None = None) -> None:
         """Return once every record of `batch` has a final outcome at this output.
@@ -83,6 +88,7 @@ class Sender:
                         pending = partial.remaining
                         raise
         except RetryableSinkError as exc:
+            self._failed(exc)  # the last attempt is not followed by a sleep: noted here
             reason = f"gave up after {retrying.statistics.get('attempt_number', 1)} attempts: {exc}"
             await self._reject([(group, index, reason) for group, index in pending.records()])
 
@@ -100,6 +106,7 @@ class Sender:
             # The common case, a whole batch delivered: count it without a step per record.
             first = outcomes[0]
             if outcomes.count(first) == len(outcomes):
+                self.failing_since = None
                 self._telemetry.inc(
                     "shipper_records_total", len(outcomes), output=self.output, outcome=first
                 )
@@ -116,15 +123,16 @@ class Sender:
                 tally[outcome] = tally.get(outcome, 0) + 1
             else:
                 retry[n] = True
+        progressed = bool(rejected or tally)
+        if progressed:
+            # The destination answered and settled records: it works, even if some come back.
+            self.failing_since = None
         if rejected:
             await self._reject(rejected)
         for outcome, count in tally.items():
             self._telemetry.inc("shipper_records_total", count, output=self.output, outcome=outcome)
         if any(retry):
-            remaining = batch.subset(retry)
-            if result.held is not None:
-                raise _PartialHeld(result.held, remaining)
-            raise _PartialRetry(len(remaining), len(batch), remaining)
+            raise _partial(result, batch, batch.subset(retry), progressed=progressed)
 
     def _check_count(self, result: BatchResult, batch: Batch) -> None:
         if len(result.outcomes) != len(batch):
@@ -141,6 +149,12 @@ class Sender:
             output=self.output,
             outcome=Outcome.DEAD_LETTERED,
         )
+
+    def _failed(self, exc: BaseException | None) -> None:
+        """An attempt failed: the output is failing since now, unless it already was or the
+        attempt still got some records to a final outcome."""
+        if self.failing_since is None and not getattr(exc, "progressed", False):
+            self.failing_since = time.monotonic()
 
     def _stop(self, state: RetryCallState) -> bool:
         """The attempt limit ends retrying, except for refusals only an operator can fix:
@@ -161,6 +175,7 @@ class Sender:
     def _before_sleep(self, state: RetryCallState) -> None:
         self._telemetry.inc("shipper_retries_total", output=self.output)
         exc = state.outcome.exception() if state.outcome else None
+        self._failed(exc)
         if isinstance(exc, HeldSinkError):
             # Said at every attempt, at error level: nothing ships until someone acts.
             self._telemetry.inc("shipper_output_held_total", output=self.output)
@@ -192,18 +207,31 @@ class Sender:
         )
 
 
+def _partial(
+    result: BatchResult, batch: Batch, remaining: Batch, *, progressed: bool
+) -> _PartialHeld | _PartialRetry:
+    """What to raise for the records of `batch` that came back to be sent again."""
+    if result.held is not None:
+        return _PartialHeld(result.held, remaining, progressed=progressed)
+    return _PartialRetry(len(remaining), len(batch), remaining, progressed=progressed)
+
+
 class _PartialHeld(HeldSinkError):
     """Records of a batch refused for a reason only an operator can fix; `remaining` is what
     the next attempt sends."""
 
-    def __init__(self, reason: str, remaining: Batch) -> None:
+    def __init__(self, reason: str, remaining: Batch, *, progressed: bool = False) -> None:
         super().__init__(reason)
         self.remaining = remaining
+        self.progressed = progressed  # other records of the attempt reached a final outcome
 
 
 class _PartialRetry(RetryableSinkError):
     """Some records of a batch came back RETRY; `remaining` is what the next attempt sends."""
 
-    def __init__(self, count: int, total: int, remaining: Batch) -> None:
+    def __init__(
+        self, count: int, total: int, remaining: Batch, *, progressed: bool = False
+    ) -> None:
         super().__init__(f"{count} of {total} records to retry")
         self.remaining = remaining
+        self.progressed = progressed  # other records of the attempt reached a final outcome

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointStore
 from shipper.config import ContainerMatch, DockerJsonSourceConfig
 from shipper.pipeline.pipeline import Pipeline
@@ -46,9 +47,16 @@ class DockerJsonSource(FollowingSource):
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
+        backfill: Backlog | None = None,
     ) -> None:
         super().__init__(
-            name, config, Path(config.root), store=store, pipeline=pipeline, telemetry=telemetry
+            name,
+            config,
+            Path(config.root),
+            store=store,
+            pipeline=pipeline,
+            telemetry=telemetry,
+            backfill=backfill,
         )
         self._config = config
         self._metadata = MetadataCache(

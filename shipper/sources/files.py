@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from shipper import __version__
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointStore
 from shipper.config import DecodeJsonConfig, FilesSourceConfig, ProcessorConfig
 from shipper.model import Enrichment
@@ -44,6 +45,7 @@ class FilesSource(FollowingSource):
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
+        backfill: Backlog | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -52,6 +54,7 @@ class FilesSource(FollowingSource):
             store=store,
             pipeline=pipeline,
             telemetry=telemetry,
+            backfill=backfill,
         )
         self._config = config
         # NDJSON is text whose every line is decoded: the decode_json step, first. The app's

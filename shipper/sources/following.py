@@ -19,9 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointStore, FileCheckpoint
 from shipper.config import CriSourceConfig as _CriSourceConfig
 from shipper.config import DockerJsonSourceConfig, FilesSourceConfig
+from shipper.errors import ShipperError
 from shipper.pipeline.pipeline import Pipeline
 from shipper.sources.rotation import Rotation
 from shipper.sources.tailer import ContainerFollower, Shaping, TailSettings
@@ -79,6 +81,7 @@ class FollowingSource:
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
+        backfill: Backlog | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -91,6 +94,9 @@ class FollowingSource:
         self._by_directory: dict[str, set[str]] = defaultdict(set)  # directory -> keys
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rescan = asyncio.Event()
+        self._lag_series: set[str] = set()  # container labels of shipper_lag_bytes set now
+        # A backfill (`run --once`): discover once, read each file to its end, return.
+        self._backfill = backfill
 
     # -- what subclasses provide ---------------------------------------------------------------
 
@@ -111,7 +117,10 @@ class FollowingSource:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Discover and follow until cancelled."""
+        """Discover and follow until cancelled (a backfill: until every file is read)."""
+        if self._backfill is not None:
+            await self._run_once(self._backfill)
+            return
         watch = Watch(self.root, self._hint)
         side = asyncio.create_task(self.side_tasks(), name=f"{self.name}:side")
         side.add_done_callback(self._side_ended)
@@ -147,6 +156,30 @@ class FollowingSource:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # A source that ends (stopped, or removed by a reload) leaves no gauges behind.
+            for gauge in ("shipper_lag_bytes", "shipper_open_files", "shipper_pinned_bytes"):
+                self._telemetry.remove(gauge, source=self.name)
+            self._lag_series.clear()
+
+    async def _run_once(self, backlog: Backlog) -> None:
+        """A backfill: one discovery (no watch, no rescans for new files, no side tasks such
+        as Docker's event stream), then wait until every follower read its files to the end
+        they had at the start."""
+        try:
+            self.scan(initial=True)
+        finally:
+            backlog.sources_pending -= 1  # this source's share of the total is known
+        tasks = list(self._tasks.values())
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        failed = sum(1 for result in results if isinstance(result, Exception))
+        if failed:
+            raise ShipperError(
+                f"source {self.name}: reading {failed} log file(s) failed (see the errors above)"
+            )
 
     def _side_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -164,10 +197,24 @@ class FollowingSource:
     def followers_in(self, directory: str) -> list[ContainerFollower]:
         return [self._followers[key] for key in self._by_directory.get(directory, ())]
 
+    def stalled_reads(self) -> list[tuple[str, float]]:
+        """(path, since when) of every followed file whose reading is stalled now."""
+        return [
+            (follower.current_path, follower.stalled_since)
+            for follower in self._followers.values()
+            if follower.stalled_since is not None
+        ]
+
     def scan(self, *, initial: bool, collect_garbage: bool = False) -> None:
         """Start a follower for every discovered file that has none yet."""
         self._telemetry.inc("shipper_discovery_scans_total", source=self.name)
-        start_at_end = initial and self._store.first_start and self._tailing.start_at == "end"
+        # A backfill ships the history whatever `start_at` says: that is what it is run for.
+        start_at_end = (
+            initial
+            and self._store.first_start
+            and self._tailing.start_at == "end"
+            and self._backfill is None
+        )
         checkpoints: dict[str, list[FileCheckpoint]] | None = None
         for target in self.discover():
             if target.key in self._tasks:
@@ -200,6 +247,7 @@ class FollowingSource:
             telemetry=self._telemetry,
             rotation=target.rotation,
             shaping=self.shaping(target),
+            backfill=self._backfill,
         )
         # The first look also settles what happened while shipper was down: checkpoints of
         # files gone since are dropped, and what was unread in them counted as lost.
@@ -221,9 +269,19 @@ class FollowingSource:
             if not keys:
                 del self._by_directory[target.directory]
         self.forgotten(target)
+        container = _container_label(target.container_id, key)
+        if container in self._lag_series and not any(
+            _container_label(f.container_id, f.current_path) == container
+            for f in self._followers.values()
+        ):
+            # The container is gone: its series goes now, not at the next look.
+            self._lag_series.discard(container)
+            self._telemetry.remove("shipper_lag_bytes", source=self.name, container=container)
         if not task.cancelled() and task.exception() is not None:
             log.error(
-                "Follower failed; the next scan starts it again.",
+                "Follower failed; the next scan starts it again."
+                if self._backfill is None
+                else "Follower failed; the backfill cannot finish this file.",
                 extra={"path": key, "error": repr(task.exception())},
             )
             self._rescan.set()
@@ -240,6 +298,7 @@ class FollowingSource:
         then, drop the checkpoints of files that are gone."""
         by_directory = self._checkpoints_by_directory() if collect_garbage else {}
         pinned = open_files = 0
+        lag: dict[str, int] = defaultdict(int)  # by container label: a pod's restarts add up
         for follower in self._followers.values():
             checkpoints = None
             if collect_garbage:
@@ -251,8 +310,16 @@ class FollowingSource:
             follower.reconcile(checkpoints=checkpoints)
             pinned += follower.pinned_bytes
             open_files += follower.open_files
+            lag[_container_label(follower.container_id, follower.current_path)] += (
+                follower.lag_bytes
+            )
         self._telemetry.set("shipper_open_files", open_files, source=self.name)
         self._telemetry.set("shipper_pinned_bytes", pinned, source=self.name)
+        for container, behind in lag.items():
+            self._telemetry.set("shipper_lag_bytes", behind, source=self.name, container=container)
+        for container in self._lag_series - lag.keys():
+            self._telemetry.remove("shipper_lag_bytes", source=self.name, container=container)
+        self._lag_series = set(lag)
 
     def _hint(self, paths: set[str]) -> None:
         """Watch events (on the event loop): the followers of those directories look soon; a
@@ -290,6 +357,12 @@ class FollowingSource:
                     extra={"path": entry.path, "bytes": lost},
                 )
             self._store.remove(entry.key)
+
+
+def _container_label(container_id: str, path: str) -> str:
+    """shipper_lag_bytes' `container`: the container's id, or the followed file's path where
+    there is no container (the files source)."""
+    return container_id or path
 
 
 def _owns(rotation: Rotation, path: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointStore
 from shipper.config import CriSourceConfig, PodMatch
 from shipper.model import Enrichment
@@ -47,9 +48,16 @@ class CriSource(FollowingSource):
         store: CheckpointStore,
         pipeline: Pipeline,
         telemetry: Telemetry,
+        backfill: Backlog | None = None,
     ) -> None:
         super().__init__(
-            name, config, Path(config.root), store=store, pipeline=pipeline, telemetry=telemetry
+            name,
+            config,
+            Path(config.root),
+            store=store,
+            pipeline=pipeline,
+            telemetry=telemetry,
+            backfill=backfill,
         )
         self._config = config
         self._host_name = config.host_name or default_host_name()

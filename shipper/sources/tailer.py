@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from shipper.backfill import Backlog
 from shipper.checkpoints import CheckpointKey, CheckpointStore, FileCheckpoint
 from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, Enrichment, LogFile, RangeClaim, RecordGroup
@@ -139,10 +140,13 @@ class _Generation:
         "identity_final",
         "inode",
         "offset",
+        "once_end",
+        "once_settled",
         "path",
         "prefix",
         "reader",
         "released",
+        "seen",
         "size",
         "start",
         "superseded",
@@ -164,6 +168,13 @@ class _Generation:
         self.released = False  # closed before it was drained (a cap): stop reading it
         self.superseded = False  # no longer written to: finished at its next end
         self.start = offset  # where reading began: nothing read yet while offset == start
+        # A backfill (`run --once`) reads up to the size the file had when it was opened, and
+        # counts what settled of it for its progress display.
+        self.once_end = offset
+        self.once_settled = offset
+        # The end of what the last read returned: beyond `offset` when it held an unfinished
+        # line, which is waited for, not stalled on.
+        self.seen = offset
 
     @property
     def key(self) -> tuple[int, int]:
@@ -187,6 +198,7 @@ class ContainerFollower:
         telemetry: Telemetry,
         rotation: Rotation | None = None,
         shaping: Shaping | None = None,
+        backfill: Backlog | None = None,
     ) -> None:
         self.source = source
         self.directory = directory
@@ -215,7 +227,18 @@ class ContainerFollower:
         self._listing_due = False
         self._listed: set[object] = set()  # what the last look listed (_contents)
         self.gone = False  # the directory is gone: nothing more will come
+        # A backfill (`run --once`): read every generation open at the start to the end it had
+        # then, ship a last line without newline as it is, and return; no new generations.
+        self._backfill = backfill
         self.pinned_bytes = 0  # on-disk bytes of deleted files still open
+        # Measured at each look (`_measure`), never per line: bytes not yet delivered, and
+        # since when (time.monotonic()) bytes have waited unread with no read advancing and
+        # no wait for the memory budget (None: not stalled). shipper_lag_bytes; readiness.
+        self.lag_bytes = 0
+        self.stalled_since: float | None = None
+        self._unread_since: float | None = None
+        self._read_at = time.monotonic()  # when a read last returned new bytes
+        self.ingesting = False  # inside Pipeline.ingest: waiting for the budget, if anywhere
 
     # -- discovery of generations -------------------------------------------------------------
 
@@ -267,6 +290,7 @@ class ContainerFollower:
                     self._collect_garbage(checkpoints, deferred)
                 break
         self._account_pinned()
+        self._measure()
 
     def _snapshot(
         self, attempts: int
@@ -449,6 +473,9 @@ class ContainerFollower:
             generation.offset,
             functools.partial(self._settled, generation),
         )
+        if self._backfill is not None:
+            generation.once_end = generation.size
+            self._backfill.plan(generation.size - generation.offset)
         log.info(
             "Following log file.",
             extra={"path": path, "offset": generation.offset, "compressed": reader.compressed},
@@ -558,7 +585,8 @@ class ContainerFollower:
     # -- reading -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read generation after generation until the directory is gone; cancel to stop."""
+        """Read generation after generation until the directory is gone (a backfill: until
+        every generation open at the start is read to its end then); cancel to stop."""
         try:
             while True:
                 if self._lingering:
@@ -566,20 +594,19 @@ class ContainerFollower:
                     # written before what it writes after reopening.
                     await self._check_lingering(give_up=self.gone)
                 if not self._pending:
-                    if self.gone and not self._lingering:
+                    if (self.gone or self._backfill is not None) and not self._lingering:
                         self.flush_pending()  # no more lines will come to finish them
                         return
                     await self._idle()
                     continue
                 generation = self._pending[0]
+                if self._backfill is not None and generation.offset >= generation.once_end:
+                    self._finish(generation)  # read to its end at the start: a backfill stops
+                    continue
                 try:
                     data = self._read(generation)
                 except OSError as exc:
-                    log.error(
-                        "Cannot read log file; trying again.",
-                        extra={"path": generation.path, "error": exc.strerror or str(exc)},
-                    )
-                    await self._pause()
+                    await self._read_failed(generation, exc)
                     continue
                 if data and self._rewritten(generation):
                     self._restart(generation, generation.reader.content_size())
@@ -590,8 +617,14 @@ class ContainerFollower:
                     # Ingesting waits only when the memory budget is spent: give the other
                     # containers, the outputs and the watch their turn after every chunk.
                     await asyncio.sleep(0)
-                    if time.monotonic() - self._last_reconcile > self._settings.poll_interval:
+                    if (
+                        self._backfill is None
+                        and time.monotonic() - self._last_reconcile > self._settings.poll_interval
+                    ):
                         self.reconcile()  # keep pinning new generations while catching up
+                    continue
+                if self._backfill is not None:
+                    await self._end_of_backfill(generation, data)
                     continue
                 await self._at_end(generation, data)
         finally:
@@ -620,6 +653,34 @@ class ContainerFollower:
         elif not self._truncated(generation):
             await self._idle()
 
+    async def _end_of_backfill(self, generation: _Generation, data: bytes) -> None:
+        """A backfill reached the end of a file before its end at the start (it was cut, or
+        its last line has no newline yet): ship that last line as it is and finish the file.
+        Its checkpoint then passes that line, so if its writer finishes it later, the rest
+        ships as another record."""
+        if data:
+            await self._emit(generation, data)
+        self._finish(generation)
+
+    async def _read_failed(self, generation: _Generation, exc: OSError) -> None:
+        """Reading a file failed: try again after a pause; a backfill instead finishes it where
+        it is (its checkpoint stays at what was delivered, so the next run reads the rest) and
+        counts it, so that the backfill fails rather than waits forever."""
+        error = exc.strerror or str(exc)
+        if self._backfill is None:
+            log.error(
+                "Cannot read log file; trying again.",
+                extra={"path": generation.path, "error": error},
+            )
+            await self._pause()
+            return
+        log.error(
+            "Cannot read log file; the backfill leaves it unfinished.",
+            extra={"path": generation.path, "error": error},
+        )
+        self._backfill.unreadable += 1
+        self._finish(generation)
+
     def _read(self, generation: _Generation) -> bytes:
         if generation.released:
             return b""
@@ -628,6 +689,10 @@ class ContainerFollower:
         while True:
             data = generation.reader.read(generation.offset, size)
             if len(data) < size or b"\n" in data or size >= limit:
+                seen = generation.offset + len(data)
+                if seen != generation.seen:
+                    generation.seen = seen
+                    self._read_at = time.monotonic()  # per read, not per line
                 return data
             size = min(size * 4, limit)  # one line longer than a read: widen until it fits
 
@@ -635,13 +700,20 @@ class ContainerFollower:
         if not generation.identity_final:
             self._refresh_identity(generation)
         chunk = Chunk(generation.file, generation.offset, data)
+        if self._backfill is not None:
+            # Read past the end at start (the rest of a line written then): counted too.
+            self._backfill.extend(chunk.end - max(chunk.start, generation.once_end))
         generation.offset += len(data)
         generation.size = max(generation.size, generation.offset)
         if self._joiner.head_lost and chunk.start > 0:
             # The headless rest of a split line is at the start of a file; reading resumes
             # past that start, so that rest was shipped before.
             self._joiner.head_lost.clear()
-        await self._pipeline.ingest(chunk, self._decode)
+        self.ingesting = True
+        try:
+            await self._pipeline.ingest(chunk, self._decode)
+        finally:
+            self.ingesting = False
         self._record_open_partials(generation)
 
     def _record_open_partials(self, generation: _Generation) -> None:
@@ -762,6 +834,9 @@ class ContainerFollower:
         entry = generation.entry
         if entry is not None and self._store.get(entry.key) is not None:
             generation.entry = self._store.update_offset(entry.key, offset, size=generation.size)
+        if self._backfill is not None and offset > generation.once_settled:
+            self._backfill.settle(offset - generation.once_settled)
+            generation.once_settled = offset
         if generation.finished and offset >= generation.offset:
             self._pipeline.tracker.forget(generation.file.handle)
             self._unsettled.pop(generation.file.handle, None)
@@ -931,6 +1006,48 @@ class ContainerFollower:
             await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
 
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def _measure(self) -> None:
+        """Lag and read stall, at each look (a stat per open file, never work per line).
+
+        Lag: of each open file, its size now minus its checkpoint (delivered) offset; of each
+        drained one still settling, what it read minus that. A file given up at the pinned
+        cap counts what was read of it: the rest is counted as lost, not as behind.
+
+        Stall: a file holds bytes past what the last read saw (so not an unfinished last line
+        being waited for), no read has returned new bytes since, and the follower is not
+        waiting for the memory budget (a full budget means slow outputs, which readiness
+        judges on its own).
+        """
+        lag = 0
+        unread = False
+        for generation in self._open_generations():
+            if generation.released:
+                continue
+            try:
+                size = generation.reader.content_size()
+            except OSError:
+                size = generation.size
+            lag += max(0, size - self._delivered(generation))
+            if size > max(generation.offset, generation.seen):
+                unread = True
+        for generation in self._unsettled.values():
+            lag += max(0, generation.offset - self._delivered(generation))
+        self.lag_bytes = lag
+        if unread and not self.ingesting:
+            now = time.monotonic()
+            if self._unread_since is None:
+                self._unread_since = now
+            self.stalled_since = max(self._unread_since, self._read_at)
+        else:
+            self._unread_since = self.stalled_since = None
+
+    @staticmethod
+    def _delivered(generation: _Generation) -> int:
+        """Where the file's checkpoint is: everything before it reached a final outcome (no
+        checkpoint yet: nothing was read, or a truncation started the file over)."""
+        entry = generation.entry
+        return entry.offset if entry is not None else generation.offset
 
     def _account_pinned(self) -> None:
         """Sum the disk held by deleted files still open; give the oldest up past the cap."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import threading
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 class Kind(enum.StrEnum):
     COUNTER = "counter"  # only goes up
     GAUGE = "gauge"  # set to the current value
+    HISTOGRAM = "histogram"  # observations counted into buckets (`buckets`: upper bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,10 +19,12 @@ class Definition:
     kind: Kind
     help: str
     labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()  # a histogram's upper bounds, ascending; +Inf is implied
 
 
-# Prometheus naming: snake_case, unit suffix, `_total` for counters. The metrics endpoint (a later
-# issue) exports exactly these; tests read them through `Telemetry.value`.
+# Prometheus naming: snake_case, unit suffix, `_total` for counters. The metrics endpoint
+# (shipper.telemetry.server) exports exactly these, with this help; tests read them through
+# `Telemetry.value`.
 DEFINITIONS: dict[str, Definition] = {
     "shipper_lines_read_total": Definition(
         Kind.COUNTER, "Complete lines read from log files.", ("source",)
@@ -193,23 +197,96 @@ DEFINITIONS: dict[str, Definition] = {
     ),
     "shipper_reloads_total": Definition(
         Kind.COUNTER,
-        "Config reloads asked for with SIGHUP, by result: ok (the new config runs) or invalid "
-        "(refused; the running config goes on).",
+        "Config reloads asked for with SIGHUP, by result: ok (the new config runs), invalid "
+        "(refused; the running config goes on), unchanged (the file says what already runs), "
+        "failed (valid, but it could not start: the previous config runs again).",
         ("result",),
     ),
+    "shipper_log_messages_suppressed_total": Definition(
+        Kind.COUNTER,
+        "shipper's own log lines not written because the same message came more often than "
+        "logging.rate_limit allows; a summary line says how many when the interval ends.",
+        ("level",),
+    ),
+    # -- the monitoring endpoint (issue 7) -------------------------------------------------------
+    "shipper_lag_bytes": Definition(
+        Kind.GAUGE,
+        "Bytes in a followed container's log files not yet delivered: each open generation's "
+        "size on disk minus its checkpoint offset. The container label is the container id "
+        "(docker_json), pod uid/container name (cri) or the followed file's path (files); the "
+        "series is removed when the follower ends.",
+        ("source", "container"),
+    ),
+    "shipper_batch_duration_seconds": Definition(
+        Kind.HISTOGRAM,
+        "Seconds from a batch being handed to an output to every record of it having a final "
+        "outcome, retries and indexer acknowledgements included.",
+        ("output",),
+        buckets=(
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.1,
+            0.25,
+            0.5,
+            1.0,
+            2.5,
+            5.0,
+            10.0,
+            30.0,
+            60.0,
+            120.0,
+            300.0,
+        ),
+    ),
+    # Computed when scraped (shipper.telemetry.server), never stored here: declared for their help.
+    "shipper_checkpoint_age_seconds": Definition(
+        Kind.GAUGE,
+        "Seconds since the checkpoint file last held every settled offset: since its last "
+        "successful write, or the last flush that found nothing new to write. Grows while "
+        "writes fail; a crash replays (duplicates) about this much.",
+        (),
+    ),
+    "shipper_output_failing_seconds": Definition(
+        Kind.GAUGE,
+        "Seconds since an output's first failed attempt (retryable error or held refusal) with "
+        "no success after it; 0 while it delivers.",
+        ("output",),
+    ),
+    "shipper_ready": Definition(
+        Kind.GAUGE,
+        "1 when /readyz answers ready, 0 when not (starting, an output failing too long, "
+        "reading stalled).",
+        (),
+    ),
+    "shipper_build_info": Definition(
+        Kind.GAUGE, "Always 1; the running shipper's version is in the label.", ("version",)
+    ),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramValue:
+    """One histogram series: cumulative counts per upper bound (+Inf last), sum and count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
 
 
 class Telemetry:
     """In-process values of every declared counter and gauge, by label values.
 
     Increments happen once per chunk or batch, never per line, so a plain dict is cheap enough.
-    A lock guards the rare cross-thread caller (the watchdog thread); the event loop is the main
-    writer.
+    A lock guards the cross-thread callers (the watchdog thread; the metrics endpoint's thread,
+    which reads at every scrape); the event loop is the main writer.
     """
 
     def __init__(self) -> None:
         self._values: dict[tuple[str, tuple[str, ...]], float] = {}
+        # Histograms: per series, the count in each bucket (not cumulative; +Inf last), then sum.
+        self._histograms: dict[tuple[str, tuple[str, ...]], tuple[list[int], list[float]]] = {}
         self._lock = threading.Lock()
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
@@ -222,10 +299,66 @@ class Telemetry:
         with self._lock:
             self._values[key] = value
 
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Count `value` into a histogram (once per batch, never per line)."""
+        key = (name, self._label_values(name, labels))
+        bounds = DEFINITIONS[name].buckets
+        index = bisect.bisect_left(bounds, value)  # the first bound >= value: Prometheus' `le`
+        with self._lock:
+            series = self._histograms.get(key)
+            if series is None:
+                series = self._histograms[key] = ([0] * (len(bounds) + 1), [0.0])
+            series[0][index] += 1
+            series[1][0] += value
+
+    def remove(self, name: str, **labels: str) -> None:
+        """Drop every series of `name` whose labels include these (all of them when none are
+        given): a gauge of something that is gone is not a zero, it is no series at all."""
+        definition = DEFINITIONS[name]
+        unknown = labels.keys() - set(definition.labels)
+        if unknown:
+            raise ValueError(f"{name} takes labels {definition.labels}, got {tuple(labels)}")
+        positions = [(definition.labels.index(k), v) for k, v in labels.items()]
+        with self._lock:
+            for store in (self._values, self._histograms):
+                for key in [
+                    key
+                    for key in store
+                    if key[0] == name and all(key[1][i] == v for i, v in positions)
+                ]:
+                    del store[key]
+
+    def histogram(self, name: str, **labels: str) -> HistogramValue:
+        """One histogram series (empty if nothing was observed with these labels)."""
+        key = (name, self._label_values(name, labels))
+        with self._lock:
+            series = self._histograms.get(key)
+            counts, total = (list(series[0]), series[1][0]) if series else (None, 0.0)
+        return _histogram_value(DEFINITIONS[name].buckets, counts, total)
+
+    def histograms(self) -> list[tuple[str, dict[str, str], HistogramValue]]:
+        with self._lock:
+            items = [
+                (key, list(counts), total[0]) for key, (counts, total) in self._histograms.items()
+            ]
+        return [
+            (
+                name,
+                dict(zip(DEFINITIONS[name].labels, values, strict=True)),
+                _histogram_value(DEFINITIONS[name].buckets, counts, total),
+            )
+            for (name, values), counts, total in items
+        ]
+
     def value(self, name: str, **labels: str) -> float:
-        """The value for exactly these labels, or the sum over all series when none are given."""
+        """The value for exactly these labels, or the sum over all series when none are given
+        (for a histogram: its number of observations)."""
         if name not in DEFINITIONS:
             raise KeyError(name)
+        if DEFINITIONS[name].kind is Kind.HISTOGRAM:
+            if labels:
+                return self.histogram(name, **labels).count
+            return sum(value.count for n, _, value in self.histograms() if n == name)
         with self._lock:
             if labels:
                 return self._values.get((name, self._label_values(name, labels)), 0)
@@ -245,3 +378,15 @@ class Telemetry:
         if labels.keys() != set(definition.labels):
             raise ValueError(f"{name} takes labels {definition.labels}, got {tuple(labels)}")
         return tuple(labels[label] for label in definition.labels)
+
+
+def _histogram_value(
+    bounds: tuple[float, ...], counts: list[int] | None, total: float
+) -> HistogramValue:
+    counts = counts or [0] * (len(bounds) + 1)
+    cumulative: list[tuple[float, int]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return HistogramValue(tuple(cumulative), total, running)

@@ -1,17 +1,114 @@
 """The monitoring endpoint: Prometheus metrics and liveness/readiness probes over HTTP."""
 
-# Placeholder interface; the metrics/health work replaces it.
-
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from socketserver import TCPServer, ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from shipper.config import MonitoringConfig
-from shipper.telemetry.counters import Telemetry
+import orjson
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from shipper import __version__
+from shipper.config import MonitoringConfig, load_config
+from shipper.errors import ConfigError
+from shipper.telemetry.counters import DEFINITIONS, Definition, Kind, Telemetry
+from shipper.telemetry.health import NOT_STARTED, STARTING, Verdict, assess
 
 if TYPE_CHECKING:
     from shipper.app import App
+
+log = logging.getLogger(__name__)
+
+# The heartbeat runs on the event loop this often: it proves the loop runs (/livez) and judges
+# readiness there, where the App's state changes, so the HTTP thread reads a finished verdict.
+HEARTBEAT_INTERVAL = 1.0
+# /livez fails once the loop has not run the heartbeat for this long: long enough that a burst
+# of work (a huge chunk, a slow disk) does not get the process restarted, short enough that a
+# hung loop is.
+LIVENESS_TIMEOUT = 30.0
+# How long `shipper health` waits for an answer: a HEALTHCHECK's own timeout is longer.
+PROBE_TIMEOUT = 5.0
+# How often the serving thread looks for a stop request: bounds how long stop() blocks.
+SHUTDOWN_POLL = 0.2
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+JSON = [("Content-Type", "application/json")]
+
+
+class TelemetryCollector(Collector):
+    """Every declared family with its help (shipper.telemetry.counters.DEFINITIONS): the
+    Telemetry series, and the values computed at scrape (`computed`: name, labels, value)."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        computed: Callable[[], Iterable[tuple[str, dict[str, str], float]]],
+    ) -> None:
+        self._telemetry = telemetry
+        self._computed = computed
+
+    def collect(self) -> Iterator[Metric]:
+        families = {name: _family(name, d) for name, d in DEFINITIONS.items()}
+        for name, labels, value in (*self._telemetry.samples(), *self._computed()):
+            family = families[name]
+            assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)  # noqa: S101
+            family.add_metric(_label_values(name, labels), value)
+        for name, labels, histogram in self._telemetry.histograms():
+            family = families[name]
+            assert isinstance(family, HistogramMetricFamily)  # noqa: S101
+            family.add_metric(
+                _label_values(name, labels),
+                [(_bound(bound), count) for bound, count in histogram.buckets],
+                histogram.sum,
+            )
+        yield from families.values()
+
+
+def _family(name: str, definition: Definition) -> Metric:
+    labels = list(definition.labels)
+    match definition.kind:
+        case Kind.COUNTER:
+            # prometheus_client names a counter family without `_total` and adds it to the
+            # exposed names: given `x_total`, it strips and re-adds it, so `x_total` is what a
+            # scraper sees (a counter not named `*_total` would come out renamed: the unit
+            # tests hold every declared counter to the suffix).
+            return CounterMetricFamily(name, definition.help, labels=labels)
+        case Kind.GAUGE:
+            return GaugeMetricFamily(name, definition.help, labels=labels)
+        case Kind.HISTOGRAM:
+            return HistogramMetricFamily(name, definition.help, labels=labels)
+
+
+def _bound(bound: float) -> str:
+    """A bucket's `le` as Prometheus writes it: 0.005, 1.0, +Inf."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def _label_values(name: str, labels: dict[str, str]) -> list[str]:
+    return [labels[label] for label in DEFINITIONS[name].labels]
 
 
 class MonitoringServer:
@@ -20,17 +117,275 @@ class MonitoringServer:
     def __init__(self, config: MonitoringConfig, telemetry: Telemetry) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.port: int | None = None  # the bound port once listening (port 0 picks one)
+        # Ours alone, not prometheus_client's global REGISTRY: two servers in one process (a
+        # test, or a reload that moved the endpoint) do not share or clash.
+        self.registry = CollectorRegistry()
+        self.registry.register(TelemetryCollector(telemetry, self._computed))
+        ProcessCollector(registry=self.registry)
+        self._metrics = make_wsgi_app(self.registry)
+        self._app: App | None = None
+        self._verdict = NOT_STARTED
+        self._beat: float | None = None  # time.monotonic() of the last heartbeat
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Listen; a port that cannot be bound is logged and shipper runs on without it."""
+        config = self.config
+        if not config.enabled:
+            log.info("Monitoring endpoint disabled.")
+            return
+        try:
+            server = _bind(config.host, config.port, self._wsgi)
+        except OSError as exc:
+            log.error(
+                "Cannot listen for monitoring; shipper runs on without metrics and probes.",
+                extra={
+                    "address": _address(config.host, config.port),
+                    "error": exc.strerror or str(exc),
+                },
+            )
+            return
+        self._server = server
+        self.port = server.server_port
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL},
+            name="monitoring",
+            daemon=True,  # never keeps the process alive on its own
+        )
+        self._thread.start()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # no loop to watch (a test): /livez answers 503
+        if loop is not None:
+            self._beat = time.monotonic()  # the loop runs: it is running this
+            self._heartbeat = loop.create_task(self._beating(), name="monitoring:heartbeat")
+        log.info(
+            "Monitoring endpoint listening.",
+            extra={"url": f"http://{_address(_client_host(config.host), self.port)}"},
+        )
 
     def watch(self, app: App) -> None:
         """The App whose state the probes report from now on (a reload starts a new one)."""
+        self._app = app
+        self._verdict = NOT_STARTED  # until the next heartbeat judges the new App
 
     def stop(self) -> None:
         """Stop listening."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # -- state, judged on the event loop --------------------------------------------------------
+
+    async def _beating(self) -> None:
+        while True:
+            self.heartbeat()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def heartbeat(self) -> None:
+        """On the event loop: note that it runs, and judge readiness."""
+        now = time.monotonic()
+        self._beat = now
+        verdict = assess(self._app, now, self.config.health)
+        previous, self._verdict = self._verdict, verdict
+        # Said when a cause appears and when it is gone, not at every beat; starting is no cause.
+        if _troubled(verdict) and not _troubled(previous):
+            log.warning("Not ready.", extra={"reasons": list(verdict.reasons)})
+        elif _troubled(previous) and verdict.ready:
+            log.info("Ready again.")
+
+    def readiness(self) -> Verdict:
+        """The last verdict, unless the event loop stopped judging (any thread)."""
+        stale = self._stale()
+        if stale is not None:
+            return Verdict(False, (stale,))
+        return self._verdict
+
+    def liveness(self) -> Verdict:
+        stale = self._stale()
+        return Verdict(False, (stale,)) if stale is not None else Verdict(True)
+
+    def _stale(self) -> str | None:
+        beat = self._beat
+        if beat is None:
+            return "no event loop is watched"
+        silent = time.monotonic() - beat
+        if silent > LIVENESS_TIMEOUT:
+            return f"the event loop has not run for {silent:.0f}s"
+        return None
+
+    def _computed(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """The families computed at scrape (on the HTTP thread: reads single attributes only)."""
+        now = time.monotonic()
+        yield "shipper_build_info", {"version": __version__}, 1.0
+        yield "shipper_ready", {}, 1.0 if self.readiness().ready else 0.0
+        app = self._app
+        if app is None:
+            return
+        current_at = app.checkpoints_current_at
+        if current_at is not None:
+            yield "shipper_checkpoint_age_seconds", {}, max(0.0, now - current_at)
+        for output in app.outputs:
+            since = output.failing_since
+            failing = max(0.0, now - since) if since is not None else 0.0
+            yield "shipper_output_failing_seconds", {"output": output.name}, failing
+
+    # -- HTTP (on the server's threads) ---------------------------------------------------------
+
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        routes: dict[str, WSGIApplication] = {
+            "/metrics": self._metrics,
+            "/livez": lambda env, respond: _probe_answer(
+                self.liveness(), ("alive", "unresponsive"), respond
+            ),
+            "/readyz": lambda env, respond: _probe_answer(
+                self.readiness(), ("ready", "unready"), respond
+            ),
+        }
+        route = routes.get(path)
+        if route is None:
+            return _answer(start_response, "404 Not Found", {"error": "not found"})
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [*JSON, ("Allow", "GET, HEAD")])
+            return [orjson.dumps({"error": "method not allowed"})]
+        try:
+            return route(environ, start_response)
+        except Exception:
+            # wsgiref would print a traceback to stderr, which holds our JSON logs.
+            log.exception("Monitoring request failed.", extra={"path": path})
+            return _answer(start_response, "500 Internal Server Error", {"error": "internal"})
+
+
+def _troubled(verdict: Verdict) -> bool:
+    return not verdict.ready and verdict.reasons != (STARTING,)
+
+
+def _probe_answer(
+    verdict: Verdict, statuses: tuple[str, str], start_response: StartResponse
+) -> list[bytes]:
+    """200 {"status": good}, or 503 {"status": bad, "reasons": [...]}."""
+    good, bad = statuses
+    if verdict.ready:
+        return _answer(start_response, "200 OK", {"status": good})
+    return _answer(
+        start_response,
+        "503 Service Unavailable",
+        {"status": bad, "reasons": list(verdict.reasons)},
+    )
+
+
+def _answer(start_response: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
+    start_response(status, [*JSON, ("Cache-Control", "no-store")])
+    return [orjson.dumps(body)]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per request, as prometheus_client's own start_http_server serves: a slow
+    scraper does not hold up the kubelet's probes."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "::" serves IPv4 too, whatever the host's default: `shipper health` and most
+            # probes ask 127.0.0.1.
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # Not HTTPServer.server_bind: it looks up the bound address's DNS name, which can hang
+        # for seconds on a host without a resolver.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per request on stderr, which holds our JSON logs."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+
+def _bind(host: str, port: int, app: WSGIApplication) -> WSGIServer:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(_Server):
+        address_family = family
+
+    return make_server(host, port, app, server_class=Server, handler_class=_QuietHandler)
+
+
+def _address(host: str, port: int | None) -> str:
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:{port}"
+    return f"[{host}]:{port}" if literal.version == 6 else f"{host}:{port}"
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this host reaches an endpoint bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+
+
+# -- `shipper health` -----------------------------------------------------------------------------
 
 
 def probe(path: Path | None, *, live: bool) -> int:
     """`shipper health`: 0 when the running shipper answers ready (or alive), 1 when not."""
-    raise NotImplementedError
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _say(f"shipper health: invalid config\n{exc}", error=True)
+        return EXIT_CONFIG
+    monitoring = config.monitoring
+    if not monitoring.enabled or monitoring.port == 0:
+        why = "is off (monitoring.enabled)" if not monitoring.enabled else "has no fixed port"
+        _say(f"shipper health: the monitoring endpoint {why}: nothing to ask", error=True)
+        return EXIT_CONFIG
+    good = "alive" if live else "ready"
+    address = _address(_client_host(monitoring.host), monitoring.port)
+    url = f"http://{address}/{'livez' if live else 'readyz'}"
+    # No proxy: the endpoint is on this host, and an http_proxy in the environment would
+    # answer for it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=PROBE_TIMEOUT) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        _say(f"shipper health: no answer from {url}: {reason}", error=True)
+        return EXIT_FAILED
+    if status == 200:
+        _say(f"{good} ({url})")
+        return EXIT_OK
+    try:
+        reasons = orjson.loads(body).get("reasons") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        reasons = []
+    why = "; ".join(str(reason) for reason in reasons) or f"HTTP {status}"
+    _say(f"shipper health: not {good}: {why}", error=True)
+    return EXIT_FAILED
+
+
+def _say(line: str, *, error: bool = False) -> None:
+    """One line for the operator (or the HEALTHCHECK's log): stdout, or stderr for a failure."""
+    stream = sys.stderr if error else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
