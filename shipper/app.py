@@ -34,6 +34,8 @@ from shipper.sinks.dead_letter import DeadLetterFile
 from shipper.sinks.file import FileSink
 from shipper.sources.docker import DockerJsonSource
 from shipper.sources.files import FilesSource
+from shipper.sources.following import FollowingSource
+from shipper.sources.handover import Handover
 from shipper.sources.kubernetes import CriSource
 from shipper.telemetry.counters import Telemetry
 
@@ -165,8 +167,11 @@ class App:
         telemetry: Telemetry | None = None,
         sinks: dict[str, SinkFactory] | None = None,
         once: bool = False,
+        handover: Handover | None = None,
     ) -> None:
         self.config = config
+        # Deleted files still being read, passed between the pipelines of a reload (runner).
+        self.handover = handover
         # A backfill (`run --once`): read every file up to its current end, then stop.
         self.once = once
         # What the backfill has to read and has settled (its progress); None unless `once`.
@@ -234,6 +239,11 @@ class App:
             )
             for name, cfg in self.config.sources.items()
         ]
+        if self.handover is not None:
+            self.handover.discard_others(set(self.config.sources))
+            for source in self.sources:
+                if isinstance(source, FollowingSource):
+                    source.handover = self.handover
         if self.backlog is not None:
             self.backlog.expect(len(self.sources))
         output_tasks = [

@@ -12,6 +12,7 @@ from typing import TextIO
 from shipper.app import App
 from shipper.config import DEFAULT_ORIGIN, Config, LoggingConfig, MonitoringConfig, load_config
 from shipper.errors import ConfigError, ShipperError
+from shipper.sources.handover import Handover
 from shipper.telemetry.counters import Telemetry
 from shipper.telemetry.logging import setup_logging
 from shipper.telemetry.server import MonitoringServer
@@ -152,6 +153,8 @@ class _Runner:
         self._monitoring_config: MonitoringConfig | None = None
         self.monitoring: MonitoringServer | None = None
         self.app: App | None = None
+        # Deleted files one App was still reading when a reload stopped it, for the next.
+        self.handover = Handover()
         # The config of the last App that started: where a reload that cannot start goes back.
         self.good: Config | None = None
         self._changed: list[str] = []  # what the pending reload changed, for its log line
@@ -185,6 +188,7 @@ class _Runner:
             self.monitoring.watch(app)
 
     def close(self) -> None:
+        self.handover.discard_others(set())
         if self.monitoring is not None:
             self.monitoring.stop()
 
@@ -268,7 +272,7 @@ class _Runner:
 
     def _build_app(self, config: Config, *, reloaded: bool) -> App:
         try:
-            app = App(config, telemetry=self.telemetry)
+            app = App(config, telemetry=self.telemetry, handover=self.handover)
         except Exception as exc:
             if not reloaded:
                 raise

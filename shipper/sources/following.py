@@ -25,6 +25,7 @@ from shipper.config import CriSourceConfig as _CriSourceConfig
 from shipper.config import DockerJsonSourceConfig, FilesSourceConfig
 from shipper.errors import ShipperError
 from shipper.pipeline.pipeline import Pipeline
+from shipper.sources.handover import Handover
 from shipper.sources.rotation import Rotation
 from shipper.sources.tailer import ContainerFollower, Shaping, TailSettings
 from shipper.sources.watch import Watch
@@ -97,6 +98,8 @@ class FollowingSource:
         self._lag_series: set[str] = set()  # container labels of shipper_lag_bytes set now
         # A backfill (`run --once`): discover once, read each file to its end, return.
         self._backfill = backfill
+        # Set by the App when a reload may hand deleted files from one pipeline to the next.
+        self.handover: Handover | None = None
 
     # -- what subclasses provide ---------------------------------------------------------------
 
@@ -127,6 +130,10 @@ class FollowingSource:
         try:
             watching = self._tailing.watch and self.root.is_dir() and watch.start()
             self.scan(initial=True)
+            if self.handover is not None:
+                # What no follower took was in a directory that is gone now: closed, and its
+                # checkpoint's garbage collection counts what was unread.
+                self.handover.discard(self.name)
             last_full_scan = time.monotonic()
             while True:
                 self._rescan.clear()
@@ -248,6 +255,7 @@ class FollowingSource:
             rotation=target.rotation,
             shaping=self.shaping(target),
             backfill=self._backfill,
+            handover=self.handover,
         )
         # The first look also settles what happened while shipper was down: checkpoints of
         # files gone since are dropped, and what was unread in them counted as lost.

@@ -42,7 +42,11 @@ class LogReader:
         return os.fstat(self.fd)
 
     def close(self) -> None:
-        os.close(self.fd)
+        # Idempotent: a drained file's reader is closed when its ranges settle, which may come
+        # after the follower closed everything at a stop.
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class GzipLogReader(LogReader):

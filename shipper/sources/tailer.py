@@ -29,6 +29,7 @@ from shipper.fileio import end_of_last_line
 from shipper.model import Chunk, Enrichment, LogFile, RangeClaim, RecordGroup
 from shipper.pipeline.pipeline import Pipeline
 from shipper.sources.docker_json import decode_chunk, format_time_ns
+from shipper.sources.handover import Handover
 from shipper.sources.identity import (
     HEAD_BYTES,
     IDENTITY_BYTES,
@@ -137,6 +138,7 @@ class _Generation:
         "entry",
         "file",
         "finished",
+        "handed_over",
         "identity_final",
         "inode",
         "offset",
@@ -175,6 +177,7 @@ class _Generation:
         # The end of what the last read returned: beyond `offset` when it held an unfinished
         # line, which is waited for, not stalled on.
         self.seen = offset
+        self.handed_over = False  # its reader belongs to the next pipeline now (a reload)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -199,8 +202,12 @@ class ContainerFollower:
         rotation: Rotation | None = None,
         shaping: Shaping | None = None,
         backfill: Backlog | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.source = source
+        # Deleted files a reload's previous pipeline was reading: taken at the first look,
+        # and where this follower leaves its own when it stops.
+        self._handover = handover
         self.directory = directory
         self.container_id = container_id
         self.rotation = rotation or DockerRotation(container_id + LOG_SUFFIX)
@@ -274,6 +281,8 @@ class ContainerFollower:
         deleting it later cannot take unread lines. Given this directory's `checkpoints`, also
         drop those of files that are gone (done now and then, not at every look)."""
         self._last_reconcile = time.monotonic()
+        if checkpoints is not None and self._handover is not None:
+            self._adopt(self._handover.take(self.source, self.directory))
         attempts = _LISTING_ATTEMPTS  # shared by every listing below: a bounded cost per call
         while attempts > 0:
             snapshot, attempts = self._snapshot(attempts)
@@ -467,6 +476,11 @@ class ContainerFollower:
             reader.close()
             return generation
         self._reported.discard(path)
+        self._track(generation, "Following log file.")
+        return generation
+
+    def _track(self, generation: _Generation, message: str) -> None:
+        """Start reading an opened generation: its ranges settle into its checkpoint."""
         self._telemetry.inc("shipper_files_opened_total", source=self.source)
         self._pipeline.tracker.track(
             generation.file.handle,
@@ -477,10 +491,40 @@ class ContainerFollower:
             generation.once_end = generation.size
             self._backfill.plan(generation.size - generation.offset)
         log.info(
-            "Following log file.",
-            extra={"path": path, "offset": generation.offset, "compressed": reader.compressed},
+            message,
+            extra={
+                "path": generation.path,
+                "offset": generation.offset,
+                "compressed": generation.reader.compressed,
+            },
         )
-        return generation
+
+    def _adopt(self, readers: list[LogReader]) -> None:
+        """Read on in the deleted files that a reload's previous pipeline left open (oldest
+        first; older than any file listed now), from their checkpoints."""
+        for reader in readers:
+            generation: _Generation | None = None
+            try:
+                head = reader.head()
+                stat = reader.stat()
+                known = (
+                    self._store.find(
+                        prefix_fingerprints(head), path="", device=stat.st_dev, inode=stat.st_ino
+                    )
+                    if head
+                    else None
+                )
+                if known is not None and known.offset < reader.content_size():
+                    found = self._position(reader, known.path, 1, start_at_end=False)
+                    generation = found if isinstance(found, _Generation) else None
+            except OSError as exc:
+                self._report(self.directory, "Cannot read a deleted log file kept open.", exc)
+            if generation is None:  # read and delivered to its end: nothing is owed
+                reader.close()
+                continue
+            generation.superseded = True  # deleted: nothing more is written to it
+            self._track(generation, "Following a deleted log file kept open across the reload.")
+            self._pending.append(generation)
 
     def _report(self, path: str, message: str, exc: OSError) -> None:
         if path not in self._reported:  # once per path, not at every listing
@@ -628,10 +672,23 @@ class ContainerFollower:
                     continue
                 await self._at_end(generation, data)
         finally:
-            for generation in self._open_generations():
-                generation.reader.close()
+            self._close_all()
             self._pending.clear()
             self._lingering.clear()
+
+    def _close_all(self) -> None:
+        """Stopping: close every file, except that deleted files not known delivered to their
+        end are left to the next pipeline if a reload starts one (nothing can open them again)."""
+        handover = self._handover
+        unsettled = [g for g in self._unsettled.values() if not g.released]
+        for generation in [*unsettled, *self._open_generations()]:
+            if generation.handed_over:
+                continue
+            if handover is not None and not generation.released and _deleted(generation.reader):
+                generation.handed_over = True
+                handover.leave(self.source, self.directory, generation.reader)
+            else:
+                generation.reader.close()
 
     async def _at_end(self, generation: _Generation, data: bytes) -> None:
         """At the end of a file (`data`: the start of an unfinished line, if any): finish it
@@ -840,6 +897,8 @@ class ContainerFollower:
         if generation.finished and offset >= generation.offset:
             self._pipeline.tracker.forget(generation.file.handle)
             self._unsettled.pop(generation.file.handle, None)
+            if not generation.handed_over:
+                generation.reader.close()
 
     def _superseded(self, generation: _Generation) -> bool:
         """Whether Docker is done writing this file: the current log name no longer holds it
@@ -882,7 +941,9 @@ class ContainerFollower:
     def _close(self, generation: _Generation) -> None:
         """A file is drained: close it; its checkpoint lives on until its ranges settle."""
         generation.finished = True
-        generation.reader.close()
+        # The reader stays open until its ranges settle (`_settled` closes it): if Docker
+        # deletes the file meanwhile and a reload restarts the pipeline, the next one reads
+        # what was not confirmed again, through this descriptor.
         self._telemetry.inc("shipper_files_closed_total", source=self.source)
         log.info(
             "Finished log file.",
@@ -1114,6 +1175,13 @@ class ContainerFollower:
             "Log file was truncated; reading it again from the start.",
             extra={"path": path, "offset": offset, "size": size},
         )
+
+
+def _deleted(reader: LogReader) -> bool:
+    try:
+        return reader.stat().st_nlink == 0
+    except OSError:
+        return False
 
 
 def _final(identity: bytes) -> bool:
