@@ -231,8 +231,7 @@ class App:
         # Write the checkpoint file once before shipping anything: if it cannot be written,
         # every restart would ship everything again, so refuse to start instead.
         self.flush_checkpoints(force=True)
-        for output in self.outputs:
-            await output.sink.open()
+        await self._open_sinks()
         self.sources = [
             build_source(
                 name, cfg, self.store, self.pipeline, self.telemetry, backfill=self.backlog
@@ -323,6 +322,20 @@ class App:
                 failure = failure or error
         self.drained = failure is None
         return failure
+
+    async def _open_sinks(self) -> None:
+        """Open every output's sink; if one refuses, close those already open (a reload that
+        cannot start falls back to the previous config and must not leak their clients)."""
+        opened: list[OutputRunner] = []
+        try:
+            for output in self.outputs:
+                await output.sink.open()
+                opened.append(output)
+        except BaseException:
+            for output in opened:
+                with contextlib.suppress(Exception):
+                    await output.sink.close()
+            raise
 
     async def _shutdown(
         self,
