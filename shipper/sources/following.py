@@ -138,7 +138,8 @@ class FollowingSource:
             while True:
                 self._rescan.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rescan.wait(), UNWATCHED_RESCAN)
+                    async with asyncio.timeout(UNWATCHED_RESCAN):  # not wait_for: see _pause
+                        await self._rescan.wait()
                 if watching and not watch.alive:
                     log.warning(
                         "Watching the log root stopped (inotify limit?); rescanning every second.",

@@ -1063,8 +1063,11 @@ class ContainerFollower:
 
     async def _pause(self) -> None:
         self._wake.clear()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # arrives as the event is set, and a follower stopped at shutdown would read on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+            async with asyncio.timeout(self._settings.poll_interval):
+                await self._wake.wait()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -1089,6 +1092,8 @@ class ContainerFollower:
                 size = generation.reader.content_size()
             except OSError:
                 size = generation.size
+            if size > generation.size:
+                self._grew(generation, size)
             lag += max(0, size - self._delivered(generation))
             if size > max(generation.offset, generation.seen):
                 unread = True
@@ -1102,6 +1107,16 @@ class ContainerFollower:
             self.stalled_since = max(self._unread_since, self._read_at)
         else:
             self._unread_since = self.stalled_since = None
+
+    def _grew(self, generation: _Generation, size: int) -> None:
+        """A file holds more than was read of it: its checkpoint records that size, so if it
+        is gone at the next start (deleted while shipper was behind or stopped), all that was
+        unread in it is counted lost, not only the part read but not delivered."""
+        generation.size = size
+        entry = generation.entry
+        current = self._store.get(entry.key) if entry is not None else None
+        if current is not None:
+            generation.entry = self._store.update_offset(current.key, current.offset, size=size)
 
     @staticmethod
     def _delivered(generation: _Generation) -> int:

@@ -167,6 +167,51 @@ async def test_stalled_output_stops_reading_then_resumes_without_loss(tmp_path: 
     assert dict(by_stream) == dict(expected)
 
 
+async def test_a_file_deleted_while_far_behind_counts_all_its_unread_bytes_lost(
+    tmp_path: Path,
+) -> None:
+    # Reading stops at the memory budget; the checkpoint must still know how big the file has
+    # grown, or a deletion while shipper is stopped counts only what had been read as lost.
+    writer = DockerRootWriter(tmp_path / "containers")
+    expected: Seqs = defaultdict(list)
+    write_lines(writer, "behind", 100, expected, seed=7)
+    log_path = writer.containers["behind"].log_path
+    never = asyncio.Event()
+
+    def gated(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
+        assert isinstance(config, FileOutputConfig)
+        return GatedFileSink(FileSink(config.path, fsync=False), never)
+
+    extra = "pipeline:\n  max_buffered_bytes: 1MiB\n  shutdown_timeout: 0s"
+    config = make_config(tmp_path, extra_source="    read_chunk_size: 64KiB", extra=extra)
+    app = App(config, sinks={"file": gated})
+    stop, task = await start(app)
+    await wait_until(lambda: app.telemetry.value("shipper_batches_total") > 0, what="a batch")
+    write_lines(writer, "behind", 12000, expected, seed=8)  # the file grows far past the budget
+    size = log_path.stat().st_size
+    assert size > 3 * 1024 * 1024
+    await wait_until(
+        lambda: [entry.size for entry in app.store.entries()] == [size],
+        what="the checkpoint to record the file's size while reading waits on the budget",
+    )
+    assert app.telemetry.value("shipper_bytes_read_total") < size / 2
+    stop.set()
+    await task
+
+    # While shipper was stopped, Docker rotated twice with max-file 1: the file is gone.
+    log_path.rename(log_path.with_name(log_path.name + ".1"))
+    log_path.write_bytes(b"")
+    log_path.with_name(log_path.name + ".1").unlink()
+    restarted = App(make_config(tmp_path, extra=extra))
+    stop, task = await start(restarted)
+    await wait_until(
+        lambda: restarted.telemetry.value("shipper_bytes_lost_total") > 0, what="the loss counted"
+    )
+    stop.set()
+    await task
+    assert restarted.telemetry.value("shipper_bytes_lost_total") == size
+
+
 async def test_new_container_is_found_by_watch_long_before_the_rescan(tmp_path: Path) -> None:
     (tmp_path / "containers").mkdir()
     app = App(make_config(tmp_path, extra_source="    rescan_interval: 1h"))
