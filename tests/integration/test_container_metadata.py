@@ -71,6 +71,7 @@ class Shipper:
                 "archive": {"type": "file", "path": str(self.output), "batch": {"linger": "20ms"}}
             },
             "checkpoints": {"flush_interval": "100ms"},
+            "monitoring": {"port": 0},  # any free port: runs of several tests may overlap
         }
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         self.process: subprocess.Popen[bytes] | None = None

@@ -76,6 +76,7 @@ def test_run_refuses_a_corrupt_checkpoint_file_with_a_clear_error(tmp_path: Path
     config = tmp_path / "shipper.yaml"
     config.write_text(
         f"state_dir: {tmp_path / 'state'}\n"
+        "monitoring:\n  port: 0\n"
         f"sources:\n  docker:\n    type: docker_json\n    root: {tmp_path / 'containers'}\n"
         f"outputs:\n  out:\n    type: file\n    path: {tmp_path / 'out.ndjson'}\n"
     )

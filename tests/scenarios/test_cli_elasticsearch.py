@@ -60,6 +60,7 @@ def write_config(tmp_path: Path, output: str, extra_outputs: str = "") -> Path:
     config = tmp_path / "shipper.yaml"
     config.write_text(
         f"state_dir: {tmp_path / 'state'}\n"
+        "monitoring:\n  port: 0\n"
         f"sources:\n  docker:\n    type: docker_json\n    root: {tmp_path / 'containers'}\n"
         f"outputs:\n  es:\n    type: elasticsearch\n    hosts: ['${{ES_URL}}']\n{output}"
         f"{extra_outputs}"

@@ -31,6 +31,9 @@ def write_config(tmp_path: Path, url: str) -> Path:
     config.write_text(
         f"""
 state_dir: {tmp_path / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker: {{type: docker_json, root: {tmp_path / "containers"}}}
 outputs:

@@ -107,6 +107,9 @@ def write_config(tmp: Path, es: FakeElasticsearch) -> Path:
     config.write_text(
         f"""
 state_dir: {tmp / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker:
     type: docker_json

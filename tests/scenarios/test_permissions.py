@@ -219,6 +219,9 @@ def write_config(work: Path, *, state_dir: Path | None = None, extra: str = "") 
     config.write_text(
         f"""
 state_dir: {state_dir or work / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker:
     type: docker_json

@@ -68,6 +68,9 @@ def es_config(tmp: Path, *, max_attempts: int = 0) -> Path:
     config = tmp / "shipper.yaml"
     config.write_text(f"""
 state_dir: {tmp / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker:
     type: docker_json
@@ -413,6 +416,9 @@ def test_events_hec_refused_are_indexed_once_the_token_may_write_there(
     config = tmp_path / "shipper.yaml"
     config.write_text(f"""
 state_dir: {tmp_path / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker:
     type: docker_json

@@ -51,6 +51,9 @@ def start_shipper(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
     config.write_text(
         f"""
 state_dir: {tmp / "state"}
+# Any free port: shipper processes of several tests may overlap.
+monitoring:
+  port: 0
 sources:
   docker:
     type: docker_json
