@@ -111,6 +111,15 @@ class Source(Protocol):
     async def run(self) -> None: ...
 
 
+# Source types by their config class (which the `type:` in the config chose); each takes
+# (name, config, *, store, pipeline, telemetry, backfill).
+SOURCES: dict[type, Callable[..., Source]] = {
+    DockerJsonSourceConfig: DockerJsonSource,
+    CriSourceConfig: CriSource,
+    FilesSourceConfig: FilesSource,
+}
+
+
 def build_source(
     name: str,
     config: SourceConfig,
@@ -120,36 +129,11 @@ def build_source(
     *,
     backfill: Backlog | None = None,
 ) -> Source:
-    """The source a config describes: its `type:` chose the config class, which chooses this.
+    """The source a config describes (its `type:` chose the config class, which chooses this).
     With `backfill`, it reads what its files hold now and returns (`run --once`)."""
-    match config:
-        case DockerJsonSourceConfig():
-            return DockerJsonSource(
-                name,
-                config,
-                store=store,
-                pipeline=pipeline,
-                telemetry=telemetry,
-                backfill=backfill,
-            )
-        case CriSourceConfig():
-            return CriSource(
-                name,
-                config,
-                store=store,
-                pipeline=pipeline,
-                telemetry=telemetry,
-                backfill=backfill,
-            )
-        case FilesSourceConfig():
-            return FilesSource(
-                name,
-                config,
-                store=store,
-                pipeline=pipeline,
-                telemetry=telemetry,
-                backfill=backfill,
-            )
+    return SOURCES[type(config)](
+        name, config, store=store, pipeline=pipeline, telemetry=telemetry, backfill=backfill
+    )
 
 
 class App:

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from shipper.errors import CheckpointCorruptError, CheckpointError
+from shipper.fileio import fsync_directory
 
 __all__ = [
     "FORMAT_VERSION",
@@ -498,8 +499,4 @@ class CheckpointStore:
         # The rename is a change to the directory, not the file: until the directory is fsynced a
         # power loss can undo it, bringing back an older checkpoint (replays) or, on the first
         # write, no file at all (a "first start" that would let `start_at: end` skip data).
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(directory)

@@ -1,4 +1,4 @@
-"""Byte-level file helpers shared by the reading side and the file output."""
+"""Byte-level file helpers shared by the reading side, the checkpoints and the files written."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ def end_of_last_line(fd: int, size: int) -> int:
             return start + cut + 1
         end = start
     return 0
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename or a file creation in `directory` durable: they change the directory, not
+    the file, and until it is fsynced a power loss can undo them."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

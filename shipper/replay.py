@@ -21,6 +21,7 @@ import orjson
 
 from shipper.config import DEFAULT_ORIGIN, Config, OutputConfig, load_config
 from shipper.errors import ConfigError, ShipperError
+from shipper.fileio import fsync_directory
 from shipper.model import Batch, LogFile, RecordGroup
 from shipper.pipeline.sender import Rejected, Sender
 from shipper.sinks import Sink
@@ -302,7 +303,7 @@ def _write_progress(aside: Path, offset: int, line: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _set_aside(source: Path) -> Path:
@@ -314,7 +315,7 @@ def _set_aside(source: Path) -> Path:
         aside = source.with_name(f"{source.name}{ASIDE_MARK}{stamp}-{counter}")
         counter += 1
     os.rename(source, aside)
-    _fsync_directory(aside.parent)
+    fsync_directory(aside.parent)
     return aside
 
 
@@ -344,14 +345,6 @@ def _locked_by_another(path: Path) -> bool:
     finally:
         os.close(fd)  # releases the lock if it was taken
     return False
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _leftovers(live: Path) -> list[Path]:
@@ -564,7 +557,7 @@ class _Replay:
             aside.unlink()
         with contextlib.suppress(FileNotFoundError):
             _progress_path(aside).unlink()
-        _fsync_directory(aside.parent)
+        fsync_directory(aside.parent)
         self.aside = None
         return self.report()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from shipper.fileio import fsync_directory
 from shipper.model import RecordGroup, Rejection
 from shipper.sinks.ecs import encode_spliced
 
@@ -98,7 +99,7 @@ class DeadLetterFile:
                 os.close(fd)  # releases the lock
             if created:
                 # A new file is a new directory entry: durable only once the directory is.
-                _fsync_directory(directory)
+                fsync_directory(directory)
             return
 
 
@@ -126,14 +127,6 @@ def _is_current(fd: int, path: Path) -> bool:
         return False
     mine = os.fstat(fd)
     return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _details(reason: str | Rejection) -> dict[str, object]:

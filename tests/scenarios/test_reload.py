@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,28 +399,6 @@ def test_an_invalid_config_is_refused_and_the_running_one_goes_on(
 
 
 # -- the runner in-process: its counters, and signals at awkward moments -------------------------
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """The runner sets up process-wide logging: put it back for the tests that follow."""
-    saved = {
-        name: (logger.handlers[:], logger.level, logger.propagate)
-        for name in ("shipper", "py.warnings")
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        for handler in logger.handlers[:]:
-            logger.removeHandler(handler)
-            if handler not in handlers:
-                handler.close()
-        for handler in handlers:
-            logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-    logging.captureWarnings(False)
 
 
 class InProcess:

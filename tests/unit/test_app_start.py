@@ -1,14 +1,16 @@
-"""App start-up: an output that refuses to open leaves no other output's client open."""
+"""App start-up: every configured type can be built, and an output that refuses to open
+leaves no other output's client open."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from shipper.app import App, SinkFactory
-from shipper.config import OutputConfig, parse_config
+from shipper.app import SINKS, SOURCES, App, SinkFactory
+from shipper.config import OutputConfig, SourceConfig, parse_config
 from shipper.errors import FatalSinkError
 from shipper.model import Batch, BatchResult, Outcome
 from shipper.sinks import Sink
@@ -66,3 +68,12 @@ outputs:
     assert sinks["first"].opened
     assert sinks["first"].closed
     assert not sinks["second"].opened
+
+
+def test_every_source_and_output_type_of_the_config_can_be_built() -> None:
+    # Annotated[A | B | C, Field(discriminator="type")]: the union is the first argument.
+    source_configs = get_args(get_args(SourceConfig)[0])
+    assert set(source_configs) == set(SOURCES)
+    output_configs = get_args(get_args(OutputConfig)[0])
+    output_types = {get_args(cls.model_fields["type"].annotation)[0] for cls in output_configs}
+    assert output_types == set(SINKS)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,26 +268,8 @@ def test_an_append_caught_by_the_rename_goes_to_the_new_file(
 # --- replaying into a file output -----------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """replay_dead_letters sets up shipper's logging: put it back for the tests that follow."""
-    saved = {
-        name: (logger.handlers[:], logger.level, logger.propagate)
-        for name in ("shipper", "py.warnings")
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        for handler in logger.handlers[:]:
-            logger.removeHandler(handler)
-            if handler not in handlers:
-                handler.close()
-        for handler in handlers:
-            logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-    logging.captureWarnings(False)
+# replay_dead_letters sets up shipper's logging (tests/conftest.py puts it back).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def write_config(tmp: Path, *, outputs: tuple[str, ...] = ("archive",), extra: str = "") -> Path:

@@ -6,7 +6,6 @@ import logging
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -224,28 +223,6 @@ def test_the_timer_writes_the_summary_when_nothing_else_is_logged() -> None:
         assert recorder.written[1].getMessage() == "Suppressed 1 similar log lines."
     finally:
         rate_limiter.close()
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """setup_logging changes process-wide loggers: put them back for the tests that follow."""
-    saved = {
-        name: (logger.handlers[:], logger.level, logger.propagate)
-        for name in ("shipper", "py.warnings")
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        for handler in logger.handlers[:]:
-            logger.removeHandler(handler)
-            if handler not in handlers:
-                handler.close()
-        for handler in handlers:
-            logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-    logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("restore_logging")
