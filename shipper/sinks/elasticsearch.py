@@ -31,8 +31,8 @@ from elasticsearch import ConnectionError as ClientConnectionError
 from shipper.config import ElasticsearchOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
-from shipper.sinks.ecs import encode_spliced, field_value, record_document
-from shipper.sinks.record_ids import record_ids
+from shipper.sinks.ecs import field_value, record_document, spliced_lines
+from shipper.sinks.record_ids import ID_CHARS, record_id_bytes
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
@@ -545,11 +545,17 @@ class ElasticsearchSink:
         if client is None:
             raise RuntimeError(f"output {self.name}: send() before open()")
         lines, names = self._encode(batch)
-        progress = _Progress(len(lines))
+        # The batch's body is built once and only it is kept while requests are out: a request
+        # is a slice of it (the whole of it when the batch fits in one, as a rule), cut where
+        # the records' lines end. Keeping the lines too would hold every byte twice.
+        ends = list(accumulate(map(len, lines)))
+        body = b"".join(lines)
+        del lines
+        progress = _Progress(len(ends))
         try:
-            for start, end in self._requests(lines):
+            for start, end in self._requests(ends):
                 await self._send_range(
-                    client, lines, names, start=start, end=end, progress=progress
+                    client, body, ends, names, start=start, end=end, progress=progress
                 )
         except RetryableSinkError as exc:
             if progress.done == 0:
@@ -569,41 +575,35 @@ class ElasticsearchSink:
         for group, indices in zip(batch.groups, batch.selection, strict=True):
             if not indices:
                 continue
+            route = self._router.names(group, indices)
+            for name in set(route) - prefixes.keys():
+                prefixes[name] = b'{"create":{"_index":' + orjson.dumps(name) + b',"_id":"'
+            ids = record_id_bytes(group, indices)
+            heads = [
+                b'%b%b"}}\n' % (prefixes[name], ids[start : start + ID_CHARS])
+                for name, start in zip(route, range(0, len(ids), ID_CHARS), strict=True)
+            ]
             documents = group.documents
             if documents is not None:
                 # Processed records: one finished line each, made sure to be exactly one line
                 # (a raw newline would shift every later document against its action line).
-                docs = [documents[i].removesuffix(b"\n").replace(b"\n", b" ") for i in indices]
-            else:
-                # Spliced from orjson output, which escapes every newline: one split finds them.
-                docs = encode_spliced(group, indices).split(b"\n")
-                if len(docs) == len(indices) + 1:
-                    del docs[-1]
-                else:  # a raw newline after all (a bug upstream): keep every document framed
-                    docs = [
-                        encode_spliced(group, (i,)).removesuffix(b"\n").replace(b"\n", b" ")
-                        for i in indices
+                lines.extend(
+                    [
+                        head + documents[i].removesuffix(b"\n").replace(b"\n", b" ") + b"\n"
+                        for head, i in zip(heads, indices, strict=True)
                     ]
-            route = self._router.names(group, indices)
-            for name in set(route) - prefixes.keys():
-                prefixes[name] = b'{"create":{"_index":' + orjson.dumps(name) + b',"_id":"'
-            join = b"".join
-            lines.extend(
-                [
-                    join((prefixes[name], record_id.encode(), b'"}}\n', doc, b"\n"))
-                    for name, record_id, doc in zip(
-                        route, record_ids(group, indices), docs, strict=True
-                    )
-                ]
-            )
+                )
+            else:
+                # One line each by construction: spliced_lines escapes every newline.
+                lines.extend(spliced_lines(group, indices, heads))
             names.extend(route)
         return lines, names
 
-    def _requests(self, lines: list[bytes]) -> Iterator[tuple[int, int]]:
-        """Consecutive ranges of records whose request bodies stay within the size limit."""
-        ends = list(accumulate(map(len, lines)))
+    def _requests(self, ends: list[int]) -> Iterator[tuple[int, int]]:
+        """Consecutive ranges of records whose request bodies stay within the size limit;
+        `ends[k]`: where record k's lines end in the batch's body."""
         start = 0
-        while start < len(lines):
+        while start < len(ends):
             base = ends[start - 1] if start else 0
             # A record larger than the limit on its own still goes, alone: the limit is ours,
             # the cluster's may be higher, and a 413 dead-letters it.
@@ -614,14 +614,16 @@ class ElasticsearchSink:
     async def _send_range(
         self,
         client: AsyncElasticsearch,
-        lines: list[bytes],
+        batch_body: bytes,
+        ends: list[int],
         names: list[str],
         *,
         start: int,
         end: int,
         progress: _Progress,
     ) -> None:
-        body = b"".join(lines[start:end])
+        # The whole batch's body is the same object, not a copy, when the range is all of it.
+        body = batch_body[ends[start - 1] if start else 0 : ends[end - 1]]
         try:
             answer = await self._post(client, body, names[start:end])
         except _TooLargeError:
@@ -638,8 +640,12 @@ class ElasticsearchSink:
             self._lower_limit(len(body))
             self._telemetry.inc("shipper_es_splits_total", output=self.name)
             middle = (start + end) // 2
-            await self._send_range(client, lines, names, start=start, end=middle, progress=progress)
-            await self._send_range(client, lines, names, start=middle, end=end, progress=progress)
+            await self._send_range(
+                client, batch_body, ends, names, start=start, end=middle, progress=progress
+            )
+            await self._send_range(
+                client, batch_body, ends, names, start=middle, end=end, progress=progress
+            )
             return
         self._classify(answer, names, start, end, progress)
         progress.done = end
