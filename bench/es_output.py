@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 from file_output import (
@@ -290,9 +290,18 @@ class RunResult:
     timed_out: bool = False
 
 
-def write_config(path: Path, *, root: Path, url: str, state: Path, gzip_level: int | None) -> None:
+def write_config(
+    path: Path,
+    *,
+    root: Path,
+    url: str,
+    state: Path,
+    gzip_level: int | None,
+    extra: str = "",
+) -> None:
     # Defaults everywhere else (batch 2000 records / 5 MiB / 250 ms, one request in flight,
     # the `logs-docker-default` data stream): the figures are those of an unchanged config.
+    # `extra` is appended as top-level YAML (bench/scenario.py moves the monitoring port).
     compression = (
         f"    compression:\n      enabled: true\n      level: {gzip_level}\n"
         if gzip_level is not None
@@ -314,6 +323,7 @@ def write_config(path: Path, *, root: Path, url: str, state: Path, gzip_level: i
         "logging:\n"
         "  level: info\n"
         "  format: json\n"
+        f"{extra}"
     )
 
 
@@ -382,38 +392,66 @@ def _pairs(spool: Path) -> Iterator[tuple[bytes, bytes]]:
             yield action, next(lines)
 
 
-def verify_bulk(spool: Path, generated: GeneratedRoot, limit: int = 10) -> list[str]:
-    """Problems found: every input line indexed once (container id, seq), `_id`s unique."""
-    expected = {c.id: c for c in generated.containers}
-    seen = {c.id: bytearray(c.lines) for c in generated.containers}
-    ids: set[bytes] = set()
-    problems: list[str] = []
-    for number, (action, line) in enumerate(_pairs(spool), 1):
+class BulkChecker:
+    """Checks bulk items one at a time, in the order they were indexed: every input line indexed
+    once (container id, seq), `_id`s unique. The scenario benches (bench/scenario.py) feed it
+    too, and read the parsed documents it returns."""
+
+    def __init__(self, generated: GeneratedRoot, limit: int = 10) -> None:
+        self.limit = limit
+        self.problems: list[str] = []
+        self._expected = {c.id: c for c in generated.containers}
+        self._seen = {c.id: bytearray(c.lines) for c in generated.containers}
+        self._ids: set[bytes] = set()
+
+    @property
+    def full(self) -> bool:
+        """Enough problems to stop looking."""
+        return len(self.problems) >= self.limit
+
+    def add(self, number: int, action: bytes, line: bytes) -> dict[str, Any]:
+        """Check item `number` (from 1); its document, parsed."""
+        problems = self.problems
         create = orjson.loads(action).get("create", {})
         doc_id = create.get("_id", "").encode()
-        if not doc_id or doc_id in ids:
+        if not doc_id or doc_id in self._ids:
             problems.append(f"item {number}: _id missing or sent twice")
-        ids.add(doc_id)
-        document = orjson.loads(line)
+        self._ids.add(doc_id)
+        document: dict[str, Any] = orjson.loads(line)
         cid = document.get("container", {}).get("id")
         match = SEQ_PATTERN.search(document.get("message", ""))
-        if cid not in expected or match is None:
+        if cid not in self._expected or match is None:
             problems.append(f"item {number}: unknown container or no seq")
-        else:
-            index = int(match.group(1)) - expected[cid].first_seq
-            if not 0 <= index < expected[cid].lines:
-                problems.append(f"item {number}: seq {match.group(1)} was not in the input")
-            else:
-                seen[cid][index] += 1
-                if seen[cid][index] == 2:
-                    problems.append(f"item {number}: {expected[cid].name} seq indexed twice")
-        if len(problems) >= limit:
-            return problems
-    for cid, counts in seen.items():
-        missing = counts.count(0)
-        if missing:
-            problems.append(f"{expected[cid].name}: {missing} lines missing")
-    return problems[:limit]
+            return document
+        container = self._expected[cid]
+        index = int(match.group(1)) - container.first_seq
+        if not 0 <= index < container.lines:
+            problems.append(f"item {number}: seq {match.group(1)} was not in the input")
+            return document
+        seen = self._seen[cid]
+        seen[index] += 1
+        if seen[index] == 2:
+            problems.append(f"item {number}: {container.name} seq indexed twice")
+        return document
+
+    def finish(self) -> list[str]:
+        """The problems found, with the lines never indexed, once every item was added."""
+        if not self.full:
+            for cid, counts in self._seen.items():
+                missing = counts.count(0)
+                if missing:
+                    self.problems.append(f"{self._expected[cid].name}: {missing} lines missing")
+        return self.problems[: self.limit]
+
+
+def verify_bulk(spool: Path, generated: GeneratedRoot, limit: int = 10) -> list[str]:
+    """Problems found: every input line indexed once (container id, seq), `_id`s unique."""
+    checker = BulkChecker(generated, limit)
+    for number, (action, line) in enumerate(_pairs(spool), 1):
+        checker.add(number, action, line)
+        if checker.full:
+            break
+    return checker.finish()
 
 
 # --- the report -------------------------------------------------------------------------------
