@@ -1279,7 +1279,7 @@ OutputConfig = Annotated[
 
 
 class PipelineConfig(_Model):
-    max_buffered_bytes: Annotated[ByteSize, AfterValidator(_at_least(MiB, "1MiB"))] = 64 * MiB
+    max_buffered_bytes: Annotated[ByteSize, AfterValidator(_at_least(MiB, "1MiB"))] = 32 * MiB
     shutdown_timeout: Duration = 10.0
 
 
