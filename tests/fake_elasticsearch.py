@@ -110,12 +110,10 @@ from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tests.fake_http import (
-    HttpError,
     ThreadedHttpServer,
     discard,
     read_chunked,
     read_exactly,
-    read_head,
 )
 
 _T = TypeVar("_T")
@@ -625,33 +623,15 @@ class FakeElasticsearch(ThreadedHttpServer):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    def _serve(self, sock: socket.socket) -> None:
-        rfile = sock.makefile("rb")
-        try:
-            while not self._stopping.is_set():
-                head = read_head(rfile)
-                if head is None or not self._answer(sock, rfile, *head):
-                    break
-        except (OSError, ValueError, HttpError):
-            pass  # the client went away, the connection was cut, or it spoke garbage
-        finally:
-            rfile.close()
-            sock.close()
-            with self._lock:
-                self._connections.pop(sock, None)
-
     def _answer(
         self,
         sock: socket.socket,
         rfile: BinaryIO,
         method: str,
         target: str,
-        raw: list[tuple[str, str]],
+        headers: dict[str, str],
     ) -> bool:
         """Read the body, answer the request; False when the connection must close."""
-        headers: dict[str, str] = {}
-        for name, value in raw:
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         keep_alive = headers.get("connection", "").lower() != "close"
         encoding = headers.get("content-encoding", "").lower() or None
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()

@@ -72,7 +72,7 @@ def read_chunked(rfile: BinaryIO) -> bytes:
 class ThreadedHttpServer:
     """A test server on 127.0.0.1, a thread per connection (so a test that blocks its event
     loop cannot stop the server): lifetime, `down()`, and waiting on its state. Subclasses
-    answer requests in `_serve(sock)`, holding `_lock` while they touch state and notifying
+    answer each request in `_answer`, holding `_lock` while they touch state and notifying
     `_changed` when it changed."""
 
     def __init__(self, port: int, *, name: str) -> None:
@@ -193,5 +193,38 @@ class ThreadedHttpServer:
                 raise TimeoutError(f"condition not met within {timeout}s")
             await asyncio.sleep(0.005)
 
+    # --- connections -------------------------------------------------------------------------
+
     def _serve(self, sock: socket.socket) -> None:
+        """One connection: requests read and answered in turn until either side closes."""
+        rfile = sock.makefile("rb")
+        try:
+            while not self._stopping.is_set():
+                head = read_head(rfile)
+                if head is None:
+                    break
+                method, target, raw = head
+                headers: dict[str, str] = {}
+                for name, value in raw:  # a repeated header is one comma-separated value
+                    headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                if not self._answer(sock, rfile, method, target, headers):
+                    break
+        except (OSError, ValueError, HttpError):
+            pass  # the client went away, the connection was cut, or it spoke garbage
+        finally:
+            rfile.close()
+            sock.close()
+            with self._lock:
+                self._connections.pop(sock, None)
+
+    def _answer(
+        self,
+        sock: socket.socket,
+        rfile: BinaryIO,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+    ) -> bool:
+        """Read the body (or not), answer the request; False when the connection must close.
+        `headers`: lower-case names."""
         raise NotImplementedError

@@ -114,12 +114,10 @@ from typing import Any, BinaryIO, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.fake_http import (
-    HttpError,
     ThreadedHttpServer,
     discard,
     read_chunked,
     read_exactly,
-    read_head,
 )
 
 _T = TypeVar("_T")
@@ -541,33 +539,15 @@ class FakeSplunk(ThreadedHttpServer):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    def _serve(self, sock: socket.socket) -> None:
-        rfile = sock.makefile("rb")
-        try:
-            while not self._stopping.is_set():
-                head = read_head(rfile)
-                if head is None or not self._answer(sock, rfile, *head):
-                    break
-        except (OSError, ValueError, HttpError):
-            pass  # the client went away, the connection was cut, or it spoke garbage
-        finally:
-            rfile.close()
-            sock.close()
-            with self._lock:
-                self._connections.pop(sock, None)
-
     def _answer(
         self,
         sock: socket.socket,
         rfile: BinaryIO,
         method: str,
         target: str,
-        raw: list[tuple[str, str]],
+        headers: dict[str, str],
     ) -> bool:
         """Read the body, answer the request; False when the connection must close."""
-        headers: dict[str, str] = {}
-        for name, value in raw:
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         authorization = headers.get("authorization")
         if authorization is not None:
             headers["authorization"] = _redacted(authorization)
