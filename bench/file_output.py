@@ -470,19 +470,24 @@ def main(argv: list[str] | None = None) -> int:
         failures.extend(problems)
 
     levels = _count_levels(log_path)
-    print()
-    print(report(generated, result, verified))
-    print(f"  {'shipper log levels':<26}  {levels} ({log_path})")
+    text = report(generated, result, verified)
+    text += f"\n  {'shipper log levels':<26}  {levels} ({log_path})"
     if not args.keep:
         shutil.rmtree(state, ignore_errors=True)
         output.unlink(missing_ok=True)
+    return conclude(text, failures, log_path)
+
+
+def conclude(report: str, failures: list[str], log_path: Path) -> int:
+    """Print the report, then OK or the failures with the end of shipper's log; the exit code."""
+    print()
+    print(report)
     print()
     if failures:
         print("FAILED:")
         for failure in failures:
             print(f"  {failure}")
-        tail = _tail(log_path)
-        if tail:
+        if tail := _tail(log_path):
             print(f"last lines of {log_path}:\n{tail}")
         return 1
     print("OK")

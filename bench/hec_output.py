@@ -35,8 +35,8 @@ from file_output import (
     _count_levels,
     _machine,
     _table,
-    _tail,
     add_input_arguments,
+    conclude,
     parse_input_arguments,
     prepare_input,
 )
@@ -374,23 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         failures.extend(problems)
 
     levels = _count_levels(log_path)
-    print()
-    print(report(generated, result, sink, mode=mode, verified=verified))
-    print(f"  {'shipper log levels':<27}  {levels} ({log_path})")
+    text = report(generated, result, sink, mode=mode, verified=verified)
+    text += f"\n  {'shipper log levels':<27}  {levels} ({log_path})"
     if not args.keep:
         shutil.rmtree(state, ignore_errors=True)
         spool.unlink(missing_ok=True)
-    print()
-    if failures:
-        print("FAILED:")
-        for failure in failures:
-            print(f"  {failure}")
-        tail = _tail(log_path)
-        if tail:
-            print(f"last lines of {log_path}:\n{tail}")
-        return 1
-    print("OK")
-    return 0
+    return conclude(text, failures, log_path)
 
 
 if __name__ == "__main__":

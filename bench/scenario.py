@@ -31,7 +31,8 @@ from typing import Literal
 import orjson
 from es_output import BulkChecker, FastBulkSink, _pairs
 from es_output import write_config as write_es_config
-from file_output import _cpu_s, _machine, _pss_kib, _stop, _table, _tail, _tree
+from file_output import _cpu_s, _machine, _pss_kib, _stop, _table, _tree
+from file_output import conclude as conclude_report
 from generate import GeneratedRoot
 
 import shipper
@@ -416,18 +417,7 @@ def add_profile_argument(parser: argparse.ArgumentParser) -> None:
 
 def conclude(rows: list[tuple[str, str]], failures: list[str], log_path: Path) -> int:
     """Print the table, then OK or the failures with the end of shipper's log; the exit code."""
-    print()
-    print(_table(rows))
-    print()
-    if failures:
-        print("FAILED:")
-        for failure in failures:
-            print(f"  {failure}")
-        if tail := _tail(log_path):
-            print(f"last lines of {log_path}:\n{tail}")
-        return 1
-    print("OK")
-    return 0
+    return conclude_report(_table(rows), failures, log_path)
 
 
 def run_failures(
