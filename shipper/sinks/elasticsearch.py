@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import gzip
 import logging
-from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -32,6 +30,7 @@ from shipper.config import ElasticsearchOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
 from shipper.sinks.ecs import field_value, record_document, spliced_lines
+from shipper.sinks.http_common import json_object, retry_after, size_ranges
 from shipper.sinks.record_ids import ID_CHARS, record_id_bytes
 from shipper.telemetry.counters import Telemetry
 
@@ -289,22 +288,6 @@ def _moment(prefix: str) -> datetime:
         return datetime.now(UTC)
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-
-
 def _status_class(status: int) -> str:
     if status in (409, 429):
         return str(status)
@@ -491,7 +474,7 @@ class ElasticsearchSink:
                 extra={**where, "error": self._describe(exc)},
             )
             return
-        info = _json_object(response.body)
+        info = json_object(response.body)
         version = info.get("version")
         number = version.get("number") if isinstance(version, dict) else None
         major = str(number).split(".", 1)[0] if number is not None else ""
@@ -553,7 +536,7 @@ class ElasticsearchSink:
         del lines
         progress = _Progress(len(ends))
         try:
-            for start, end in self._requests(ends):
+            for start, end in size_ranges(ends, self._max_body):
                 await self._send_range(
                     client, body, ends, names, start=start, end=end, progress=progress
                 )
@@ -598,18 +581,6 @@ class ElasticsearchSink:
                 lines.extend(spliced_lines(group, indices, heads))
             names.extend(route)
         return lines, names
-
-    def _requests(self, ends: list[int]) -> Iterator[tuple[int, int]]:
-        """Consecutive ranges of records whose request bodies stay within the size limit;
-        `ends[k]`: where record k's lines end in the batch's body."""
-        start = 0
-        while start < len(ends):
-            base = ends[start - 1] if start else 0
-            # A record larger than the limit on its own still goes, alone: the limit is ours,
-            # the cluster's may be higher, and a 413 dead-letters it.
-            end = max(bisect_right(ends, base + self._max_body, lo=start), start + 1)
-            yield start, end
-            start = end
 
     async def _send_range(
         self,
@@ -694,7 +665,7 @@ class ElasticsearchSink:
         if status in (408, 429) or status >= 500:
             return RetryLaterError(
                 f"Elasticsearch answered {status} to _bulk{detail}",
-                _retry_after(exc.meta.headers.get("retry-after")),
+                retry_after(exc.meta.headers.get("retry-after")),
             )
         if status == 401:
             return HeldSinkError(
@@ -811,7 +782,7 @@ class ElasticsearchSink:
 
     def _error_detail(self, body: Any) -> str:
         """ ", type: reason" from an error response body, scrubbed, or ""."""
-        error = _json_object(body).get("error")
+        error = json_object(body).get("error")
         if isinstance(error, dict):
             kind, reason = error.get("type"), error.get("reason")
             text = f"{kind}: {reason}" if reason else str(kind or "")
@@ -844,15 +815,6 @@ def _item(item: Any) -> tuple[int, str, str]:
                     return status, str(error.get("type", "")), str(error.get("reason", ""))
                 return status, "", ""
     return 0, "", ""
-
-
-def _json_object(body: Any) -> dict[str, Any]:
-    if isinstance(body, bytes | bytearray | memoryview):
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _listed(names: Sequence[str]) -> str:

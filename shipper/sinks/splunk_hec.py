@@ -62,13 +62,11 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import email.utils
 import gzip
 import logging
 import ssl
 import time
 import uuid
-from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,6 +83,7 @@ from shipper.config import HecTemplate, SplunkHecOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
 from shipper.sinks.ecs import encode_spliced, field_value, record_document
+from shipper.sinks.http_common import json_object, retry_after, size_ranges
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
@@ -418,22 +417,6 @@ def _render(
     return name
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-
-
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -589,7 +572,7 @@ class SplunkHecSink:
                 extra={**where, "error": self._describe(exc)},
             )
             return
-        body = _json_object(response.content)
+        body = json_object(response.content)
         code = _int(body.get("code"))
         text = self._scrub(str(body.get("text", "")))[:_MAX_TEXT]
         if response.status_code == 200:
@@ -731,14 +714,8 @@ class SplunkHecSink:
     def _requests(self, encoded: _Encoded, positions: list[int]) -> Iterator[list[int]]:
         """Consecutive runs of `positions` whose request bodies stay within the size limit."""
         ends = list(accumulate(self._size(encoded, p) for p in positions))
-        start = 0
-        while start < len(positions):
-            base = ends[start - 1] if start else 0
-            # A record larger than the limit on its own still goes, alone: the limit is ours,
-            # HEC's may be higher, and a 413 dead-letters it.
-            end = max(bisect_right(ends, base + self._max_body, lo=start), start + 1)
+        for start, end in size_ranges(ends, self._max_body):
             yield positions[start:end]
-            start = end
 
     def _body(self, encoded: _Encoded, positions: list[int]) -> bytes:
         cores = encoded.cores
@@ -1054,7 +1031,7 @@ class SplunkHecSink:
             raise RetryableSinkError(f"cannot reach Splunk HEC: {self._describe(exc)}") from None
 
     def _answer(self, response: httpx.Response) -> _Answer:
-        body = _json_object(response.content)
+        body = json_object(response.content)
         text = body.get("text")
         return _Answer(
             status=response.status_code,
@@ -1062,7 +1039,7 @@ class SplunkHecSink:
             text=self._scrub(str(text))[:_MAX_TEXT] if text is not None else "",
             event_number=_int(body.get("invalid-event-number")),
             ack_id=_int(body.get("ackId")),
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=retry_after(response.headers.get("retry-after")),
         )
 
     def _lower_limit(self, refused: int) -> None:
@@ -1148,9 +1125,7 @@ class SplunkHecSink:
             )
             status = response.status_code
             self._telemetry.inc("shipper_hec_ack_polls_total", output=self.name, status=str(status))
-            if not self._ack_answer(
-                channel, pending, chunk, status, _json_object(response.content)
-            ):
+            if not self._ack_answer(channel, pending, chunk, status, json_object(response.content)):
                 return
         if not pending:
             self._pending.pop(channel, None)
@@ -1233,14 +1208,6 @@ class SplunkHecSink:
         for secret in self._secrets:
             text = text.replace(secret, "[secret]")
         return text
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _processed_messages(group: RecordGroup, indices: Sequence[int]) -> dict[int, str]:
