@@ -536,6 +536,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not keep the request bodies to check every seq and _id after the run",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pipeline.workers: processes that each ship a share of the containers "
+        "(default: %(default)s)",
+    )
     return parse_input_arguments(parser, argv)
 
 
@@ -570,7 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = f"elasticsearch, gzip {'level ' + str(gzip_level) if gzip_level else 'off'}, " + (
         "loopback bulk sink" if args.sink == "fast" else "tests/fake_elasticsearch.py"
     )
-    write_config(config, root=root, url=sink.url, state=state, gzip_level=gzip_level)
+    extra = ""
+    if args.workers != 1:
+        mode += f", {args.workers} workers"
+        extra = f"pipeline:\n  workers: {args.workers}\n"
+    write_config(config, root=root, url=sink.url, state=state, gzip_level=gzip_level, extra=extra)
     print(f"running: {sys.executable} -m shipper run --config {config}  ({mode})", flush=True)
     try:
         result = run_shipper(

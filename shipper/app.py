@@ -28,6 +28,7 @@ from shipper.pipeline.budget import ByteBudget
 from shipper.pipeline.output import OutputRunner
 from shipper.pipeline.pipeline import Pipeline
 from shipper.pipeline.sender import Rejected, Sender
+from shipper.sharding import Shard
 from shipper.sinks import Sink
 from shipper.sinks.console import ConsoleSink
 from shipper.sinks.dead_letter import DeadLetterFile
@@ -152,8 +153,14 @@ class App:
         sinks: dict[str, SinkFactory] | None = None,
         once: bool = False,
         handover: Handover | None = None,
+        shard: Shard | None = None,
+        first_start: bool | None = None,
     ) -> None:
         self.config = config
+        # One worker's share of the files, when `pipeline.workers` runs several (shipper.workers),
+        # and whether the supervisor found this to be the first start (see CheckpointStore.load).
+        self.shard = shard
+        self._first_start = first_start
         # Deleted files still being read, passed between the pipelines of a reload (runner).
         self.handover = handover
         # A backfill (`run --once`): read every file up to its current end, then stop.
@@ -165,10 +172,12 @@ class App:
         self.telemetry = telemetry or Telemetry()
         self._sinks = SINKS if sinks is None else sinks
         self.store = CheckpointStore(
-            config.checkpoint_path, on_corrupt=config.checkpoints.on_corrupt
+            config.checkpoint_path, on_corrupt=config.checkpoints.on_corrupt, shard=shard
         )
         self.dead_letters = DeadLetterFile(config.dead_letter_path)
-        self.budget = ByteBudget(config.pipeline.max_buffered_bytes, self.telemetry)
+        # The budget bounds the whole process tree: each worker holds its share of it.
+        workers = shard.count if shard is not None else 1
+        self.budget = ByteBudget(config.pipeline.max_buffered_bytes // workers, self.telemetry)
         self.outputs = [self._build_output(name, cfg) for name, cfg in config.outputs.items()]
         self.pipeline = Pipeline(self.outputs, self.budget, self.telemetry)
         self.sources: list[Source] = []
@@ -203,7 +212,8 @@ class App:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order; ShipperError if it cannot start."""
-        self.store.load()
+        self.store.load(first_start=self._first_start)
+        self._first_start = None  # a reload's App is no first start, nor is a restart's
         if self.store.set_aside_path is not None:
             log.error(
                 "Checkpoint file was corrupt; set it aside and started fresh.",

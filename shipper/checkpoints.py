@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import logging
 import math
 import os
 import re
@@ -19,6 +21,7 @@ import orjson
 
 from shipper.errors import CheckpointCorruptError, CheckpointError
 from shipper.fileio import fsync_directory
+from shipper.sharding import Shard
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,6 +37,8 @@ FORMAT_VERSION = 1
 MAX_HEAD_LEN = 1024 + 64
 """The fingerprint covers at most this many identity bytes of a file (shipper.sources.identity:
 the first KiB, plus the end of a first line longer than that)."""
+
+log = logging.getLogger(__name__)
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("fingerprint", "head_len", "path", "device", "inode", "offset", "source", "updated_at")
@@ -198,6 +203,11 @@ class CheckpointStore:
 
     Entries are keyed by (fingerprint, head_len), see `CheckpointKey`. Two files whose first
     `head_len` bytes are identical share one identity; the last writer wins.
+
+    With a `shard` (one of several worker processes, `pipeline.workers`), the store holds only
+    the entries of the files its worker follows, and each flush writes them into the one file
+    under a lock, beside the entries the other workers wrote: so `shipper status`, a restart
+    with another number of workers and a reload all see one file, as with a single process.
     """
 
     def __init__(
@@ -206,9 +216,12 @@ class CheckpointStore:
         *,
         on_corrupt: Literal["fail", "reset"],
         clock: Callable[[], float] = time.time,
+        shard: Shard | None = None,
     ) -> None:
         self._path = Path(path)
         self._tmp_path = self._path.with_name(self._path.name + ".tmp")
+        self._lock_path = self._path.with_name(self._path.name + ".lock")
+        self.shard = shard if shard is not None and shard.count > 1 else None
         self._on_corrupt = on_corrupt
         self._clock = clock
         self._entries: dict[CheckpointKey, FileCheckpoint] = {}
@@ -245,11 +258,13 @@ class CheckpointStore:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self, *, first_start: bool | None = None) -> None:
         """Replace the store's contents with the checkpoint file's.
 
         A stale `<name>.tmp` left by a crash before the rename is ignored: the rename is the
-        commit point, so the main file is the last complete state.
+        commit point, so the main file is the last complete state. `first_start`, if given,
+        is what the supervisor of several workers found before it started them: a worker may
+        find the file another worker has just written, and the start is a first one still.
         """
         self._clear()
         self._dirty = False
@@ -259,17 +274,25 @@ class CheckpointStore:
         try:
             data = self._path.read_bytes()
         except FileNotFoundError:
-            self._first_start = True
+            self._first_start = True if first_start is None else first_start
             return
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint file {self._path}: {exc}") from exc
+        if first_start is not None:
+            self._first_start = first_start
         try:
             entries = _parse_document(data)
         except _InvalidError as exc:
             self._handle_corrupt(str(exc))
             return
+        shard = self.shard
         for cp in entries:
-            self._put(cp)
+            if shard is None or shard.owns_path(cp.path):
+                self._put(cp)
+
+    def owns(self, directory: str) -> bool:
+        """Whether the files of `directory` are this store's (always, without a shard)."""
+        return self.shard is None or self.shard.owns_directory(directory)
 
     def _handle_corrupt(self, reason: str) -> None:
         if self._on_corrupt == "fail":
@@ -461,21 +484,61 @@ class CheckpointStore:
         """
         if not self._dirty and not force:
             return False
-        document = {
-            "version": FORMAT_VERSION,
-            "written_at": _utc_now().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            # Sorted so that `shipper status` and a human diffing two versions see a stable order.
-            "files": sorted(self._entries.values(), key=lambda cp: (cp.source, cp.path, cp.key)),
-        }
-        data = orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
         try:
-            self._write_atomically(data)
+            if self.shard is None:
+                self._write_atomically(self._document(self._entries))
+            else:
+                self._write_shared()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self._tmp_path.unlink()
             raise CheckpointError(f"cannot write checkpoint file {self._path}: {exc}") from exc
         self._dirty = False
         return True
+
+    @staticmethod
+    def _document(entries: dict[CheckpointKey, FileCheckpoint]) -> bytes:
+        document = {
+            "version": FORMAT_VERSION,
+            "written_at": _utc_now().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            # Sorted so that `shipper status` and a human diffing two versions see a stable order.
+            "files": sorted(entries.values(), key=lambda cp: (cp.source, cp.path, cp.key)),
+        }
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+    def _write_shared(self) -> None:
+        """Read, merge and replace the file under an exclusive lock, keeping the entries of the
+        files other workers follow as they last wrote them (ours, including removals, win)."""
+        assert self.shard is not None  # noqa: S101 - only called with one
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        lock = os.open(self._lock_path, flags, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {cp.key: cp for cp in self._others_on_disk()}
+            merged.update(self._entries)
+            self._write_atomically(self._document(merged))
+        finally:
+            os.close(lock)  # closing releases the lock
+
+    def _others_on_disk(self) -> list[FileCheckpoint]:
+        """The entries of files other workers follow, from the file as it is now."""
+        assert self.shard is not None  # noqa: S101 - only called with one
+        try:
+            entries = _parse_document(self._path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except _InvalidError as exc:
+            # Every worker writes its own entries again at its next flush, so the file heals;
+            # what another worker cannot write again before a crash is read again (duplicates,
+            # never a loss).
+            log.error(
+                "The checkpoint file became unreadable while running; rewriting it.",
+                extra={"path": str(self._path), "reason": str(exc)},
+            )
+            return []
+        shard = self.shard
+        return [cp for cp in entries if not shard.owns_path(cp.path)]
 
     def _write_atomically(self, data: bytes) -> None:
         directory = self._path.parent

@@ -6,16 +6,20 @@ import asyncio
 import logging
 import resource
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from shipper.app import App
 from shipper.config import DEFAULT_ORIGIN, Config, LoggingConfig, MonitoringConfig, load_config
 from shipper.errors import ConfigError, ShipperError
+from shipper.sharding import Shard
 from shipper.sources.handover import Handover
 from shipper.telemetry.counters import Telemetry
 from shipper.telemetry.logging import setup_logging
-from shipper.telemetry.server import MonitoringServer
+from shipper.telemetry.report import WorkerReport
+from shipper.telemetry.server import HEARTBEAT_INTERVAL, MonitoringServer
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +35,34 @@ _NR_OPEN = Path("/proc/sys/fs/nr_open")
 _NR_OPEN_DEFAULT = 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What makes a process one worker of several (shipper.workers): its share of the files,
+    what the supervisor found about the first start, and where its reports go."""
+
+    shard: Shard
+    first_start: bool | None
+    send_report: Callable[[WorkerReport], None]
+
+
 def run_until_signalled(config: Config, path: Path | None, *, once: bool = False) -> int:
     """Run shipper until SIGTERM or SIGINT (or, with `once`, until the backlog is shipped),
-    reloading `path` on SIGHUP; the exit code."""
+    reloading `path` on SIGHUP; the exit code. With `pipeline.workers` above 1 this process
+    supervises that many workers instead (a backfill always runs in one process)."""
     raise_open_files_limit()
+    if config.pipeline.workers > 1 and not once:
+        from shipper.workers import supervise  # noqa: PLC0415 - only several workers need it
+
+        return supervise(config, path)
+    return run_worker(config, path, once=once)
+
+
+def run_worker(
+    config: Config, path: Path | None, *, once: bool = False, worker: WorkerRole | None = None
+) -> int:
+    """The event loop's life: the whole process, or one worker's when `worker` is given."""
     try:
-        return asyncio.run(_serve(config, path, once=once))
+        return asyncio.run(_serve(config, path, once=once, worker=worker))
     except ShipperError as exc:
         log.error("shipper cannot go on.", extra={"error": str(exc)})
         return EXIT_FATAL
@@ -76,6 +102,7 @@ async def _serve(
     once: bool,
     telemetry: Telemetry | None = None,
     log_stream: TextIO | None = None,
+    worker: WorkerRole | None = None,
 ) -> int:
     """The process's life on the event loop; `telemetry` and `log_stream` (stderr if None)
     let in-process tests watch it."""
@@ -89,7 +116,7 @@ async def _serve(
     # The `run` command blocks SIGHUP until now, as its default action ends the process: one
     # sent during startup is delivered here and reloads.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    runner = _Runner(path, telemetry or Telemetry(), stop, reload, log_stream)
+    runner = _Runner(path, telemetry or Telemetry(), stop, reload, log_stream, worker=worker)
     runner.apply(config)
     try:
         if once:
@@ -141,8 +168,14 @@ class _Runner:
         stop: asyncio.Event,
         reload: asyncio.Event,
         log_stream: TextIO | None,
+        *,
+        worker: WorkerRole | None = None,
     ) -> None:
         self.path = path
+        # A worker of several: no endpoint of its own; it reports to its supervisor instead.
+        self.worker = worker
+        self._first_start = worker.first_start if worker is not None else None
+        self._reporting: asyncio.Task[None] | None = None
         # With no file, a reload reads the embedded default again: nothing changes.
         self.origin = str(path) if path is not None else DEFAULT_ORIGIN
         self.telemetry = telemetry
@@ -175,11 +208,22 @@ class _Runner:
         if config.monitoring != self._monitoring_config:
             if self.monitoring is not None:
                 self.monitoring.stop()
-            self.monitoring = MonitoringServer(config.monitoring, self.telemetry)
+            self.monitoring = MonitoringServer(
+                config.monitoring, self.telemetry, listen=self.worker is None
+            )
             self._monitoring_config = config.monitoring
             self.monitoring.start()
             if self.app is not None:
                 self.monitoring.watch(self.app)
+        if self.worker is not None and self._reporting is None:
+            self._reporting = asyncio.create_task(self._report(self.worker), name="report")
+
+    async def _report(self, worker: WorkerRole) -> None:
+        """Hand the supervisor this worker's series and health every heartbeat."""
+        while True:
+            if self.monitoring is not None:
+                worker.send_report(self.monitoring.report(worker.shard.index))
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def watch(self, app: App) -> None:
         """The App the monitoring endpoint reports on from now on."""
@@ -188,6 +232,8 @@ class _Runner:
             self.monitoring.watch(app)
 
     def close(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
         self.handover.discard_others(set())
         if self.monitoring is not None:
             self.monitoring.stop()
@@ -272,7 +318,15 @@ class _Runner:
 
     def _build_app(self, config: Config, *, reloaded: bool) -> App:
         try:
-            app = App(config, telemetry=self.telemetry, handover=self.handover)
+            worker = self.worker
+            app = App(
+                config,
+                telemetry=self.telemetry,
+                handover=self.handover,
+                shard=worker.shard if worker is not None else None,
+                first_start=self._first_start,
+            )
+            self._first_start = None  # what the supervisor found holds for the first App only
         except Exception as exc:
             if not reloaded:
                 raise

@@ -224,9 +224,10 @@ class FollowingSource:
             and self._backfill is None
         )
         checkpoints: dict[str, list[FileCheckpoint]] | None = None
+        owns = self._store.owns
         for target in self.discover():
-            if target.key in self._tasks:
-                continue
+            if target.key in self._tasks or not owns(target.directory):
+                continue  # followed already, or another worker's (pipeline.workers)
             if checkpoints is None:  # once per scan, not per file
                 checkpoints = self._checkpoints_by_directory()
             mine = [
@@ -334,6 +335,11 @@ class FollowingSource:
         """Watch events (on the event loop): the followers of those directories look soon; a
         path no follower owns (a new directory, a new live file) asks for a scan."""
         unowned = False
+        owns = self._store.owns
+        # Another worker's files (pipeline.workers) are none of this one's business: without
+        # this, every line they write would ask for a rescan here. (A path that is itself a
+        # directory of ours, just created, still asks.)
+        paths = {path for path in paths if owns(os.path.dirname(path)) or owns(path)}
         for directory in {os.path.dirname(path) for path in paths}:
             for follower in self.followers_in(directory):
                 follower.hint()

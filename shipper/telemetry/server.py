@@ -35,6 +35,16 @@ from shipper.config import MonitoringConfig, load_config
 from shipper.errors import ConfigError
 from shipper.telemetry.counters import DEFINITIONS, Definition, Kind, Telemetry
 from shipper.telemetry.health import NOT_STARTED, STARTING, Verdict, assess
+from shipper.telemetry.report import (
+    LabelledHistogram,
+    LabelledSample,
+    WorkerBoard,
+    WorkerReport,
+    combine_histograms,
+    combine_samples,
+    counts_of,
+    labels_of,
+)
 
 if TYPE_CHECKING:
     from shipper.app import App
@@ -59,24 +69,25 @@ JSON = [("Content-Type", "application/json")]
 
 
 class TelemetryCollector(Collector):
-    """Every declared family with its help (shipper.telemetry.counters.DEFINITIONS): the
-    Telemetry series, and the values computed at scrape (`computed`: name, labels, value)."""
+    """Every declared family with its help (shipper.telemetry.counters.DEFINITIONS), filled at
+    each scrape from `samples` (counter and gauge series: name, labels, value) and `histograms`;
+    each series once (Prometheus refuses a scrape that repeats one)."""
 
     def __init__(
         self,
-        telemetry: Telemetry,
-        computed: Callable[[], Iterable[tuple[str, dict[str, str], float]]],
+        samples: Callable[[], Iterable[LabelledSample]],
+        histograms: Callable[[], Iterable[LabelledHistogram]],
     ) -> None:
-        self._telemetry = telemetry
-        self._computed = computed
+        self._samples = samples
+        self._histograms = histograms
 
     def collect(self) -> Iterator[Metric]:
         families = {name: _family(name, d) for name, d in DEFINITIONS.items()}
-        for name, labels, value in (*self._telemetry.samples(), *self._computed()):
+        for name, labels, value in self._samples():
             family = families[name]
             assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)  # noqa: S101
             family.add_metric(_label_values(name, labels), value)
-        for name, labels, histogram in self._telemetry.histograms():
+        for name, labels, histogram in self._histograms():
             family = families[name]
             assert isinstance(family, HistogramMetricFamily)  # noqa: S101
             family.add_metric(
@@ -112,18 +123,30 @@ def _label_values(name: str, labels: dict[str, str]) -> list[str]:
 
 
 class MonitoringServer:
-    """Serves /metrics, /livez and /readyz for one process, across config reloads."""
+    """Serves /metrics, /livez and /readyz for one process, across config reloads.
 
-    def __init__(self, config: MonitoringConfig, telemetry: Telemetry) -> None:
+    Three roles. A single process (pipeline.workers: 1) listens and reports on its own App. A
+    worker (`listen=False`) listens nowhere: it judges its App's readiness on its event loop as
+    a single process does, and hands its state to the supervisor with report(). The supervisor
+    listens and, once it calls watch_workers(), answers from the workers' reports.
+    """
+
+    def __init__(
+        self, config: MonitoringConfig, telemetry: Telemetry, *, listen: bool = True
+    ) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.listen = listen
         self.port: int | None = None  # the bound port once listening (port 0 picks one)
         # Ours alone, not prometheus_client's global REGISTRY: two servers in one process (a
         # test, or a reload that moved the endpoint) do not share or clash.
         self.registry = CollectorRegistry()
-        self.registry.register(TelemetryCollector(telemetry, self._computed))
+        self.registry.register(TelemetryCollector(self._samples, self._histograms))
+        # process_* (memory, CPU, open fds) describes the process serving /metrics only: with
+        # workers, the supervisor, not the workers that do the shipping.
         ProcessCollector(registry=self.registry)
         self._metrics = make_wsgi_app(self.registry)
+        self._board: WorkerBoard | None = None  # the supervisor's workers, once watched
         self._app: App | None = None
         self._verdict = NOT_STARTED
         self._beat: float | None = None  # time.monotonic() of the last heartbeat
@@ -132,8 +155,13 @@ class MonitoringServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Listen; a port that cannot be bound is logged and shipper runs on without it."""
+        """Listen; a port that cannot be bound is logged and shipper runs on without it. A
+        worker (`listen=False`) only starts the heartbeat, whatever `enabled` says: its
+        reports carry the readiness the heartbeat judges, and the supervisor serves them."""
         config = self.config
+        if not self.listen:
+            self._start_heartbeat()
+            return
         if not config.enabled:
             log.info("Monitoring endpoint disabled.")
             return
@@ -157,22 +185,56 @@ class MonitoringServer:
             daemon=True,  # never keeps the process alive on its own
         )
         self._thread.start()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None  # no loop to watch (a test): /livez answers 503
-        if loop is not None:
-            self._beat = time.monotonic()  # the loop runs: it is running this
-            self._heartbeat = loop.create_task(self._beating(), name="monitoring:heartbeat")
+        self._start_heartbeat()
         log.info(
             "Monitoring endpoint listening.",
             extra={"url": f"http://{_address(_client_host(config.host), self.port)}"},
         )
 
+    def _start_heartbeat(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No loop to watch: a test, or the supervisor, whose probes answer from its
+            # WorkerBoard. Otherwise /livez answers 503.
+            return
+        self._beat = time.monotonic()  # the loop runs: it is running this
+        self._heartbeat = loop.create_task(self._beating(), name="monitoring:heartbeat")
+
     def watch(self, app: App) -> None:
         """The App whose state the probes report from now on (a reload starts a new one)."""
         self._app = app
         self._verdict = NOT_STARTED  # until the next heartbeat judges the new App
+
+    def watch_workers(self, board: WorkerBoard) -> None:
+        """The supervisor: from now on /readyz and /livez answer from `board`, and /metrics
+        exports this process's own series (reloads, restarts, its log lines) combined with the
+        workers' (shipper.telemetry.report.MAX_GAUGES says how)."""
+        self._board = board
+
+    def report(self, worker: int) -> WorkerReport:
+        """A worker's state for the supervisor (on the event loop, where the App's state
+        changes): its series, the ages computed from its App, its histograms and readiness.
+        Not shipper_build_info or shipper_ready: the supervisor writes those for the host."""
+        now = time.monotonic()
+        samples = tuple(
+            (name, labels_of(labels), value)
+            for name, labels, value in (*self.telemetry.samples(), *self._app_series(now))
+        )
+        histograms = tuple(
+            (name, labels_of(labels), counts_of(histogram), histogram.sum)
+            for name, labels, histogram in self.telemetry.histograms()
+        )
+        app = self._app
+        started = app is not None and app.started.is_set()
+        return WorkerReport(worker, samples, histograms, self.readiness(), started)
+
+    def sockets(self) -> list[int]:
+        """The file descriptors of the listening socket and of the connections served now: a
+        forked worker closes its copies, or a client would not see its connection end until
+        that worker exits, and the port would stay bound while any worker lives."""
+        server = self._server
+        return server.descriptors() if isinstance(server, _Server) else []
 
     def stop(self) -> None:
         """Stop listening."""
@@ -207,13 +269,20 @@ class MonitoringServer:
             log.info("Ready again.")
 
     def readiness(self) -> Verdict:
-        """The last verdict, unless the event loop stopped judging (any thread)."""
+        """The last verdict, unless the event loop stopped judging (any thread); for the
+        supervisor, its workers' (WorkerBoard.readiness)."""
+        board = self._board
+        if board is not None:
+            return board.readiness(time.monotonic())
         stale = self._stale()
         if stale is not None:
             return Verdict(False, (stale,))
         return self._verdict
 
     def liveness(self) -> Verdict:
+        board = self._board
+        if board is not None:
+            return board.liveness(time.monotonic())
         stale = self._stale()
         return Verdict(False, (stale,)) if stale is not None else Verdict(True)
 
@@ -226,11 +295,29 @@ class MonitoringServer:
             return f"the event loop has not run for {silent:.0f}s"
         return None
 
-    def _computed(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """The families computed at scrape (on the HTTP thread: reads single attributes only)."""
-        now = time.monotonic()
-        yield "shipper_build_info", {"version": __version__}, 1.0
-        yield "shipper_ready", {}, 1.0 if self.readiness().ready else 0.0
+    def _samples(self) -> list[LabelledSample]:
+        """Every counter and gauge series /metrics exports (on an HTTP thread)."""
+        status = [
+            ("shipper_build_info", {"version": __version__}, 1.0),
+            ("shipper_ready", {}, 1.0 if self.readiness().ready else 0.0),
+        ]
+        board = self._board
+        if board is None:
+            now = time.monotonic()
+            return [*self.telemetry.samples(), *status, *self._app_series(now)]
+        # The supervisor's own series and its workers' may share a series (its log lines
+        # suppressed and theirs): combined, so each series comes out once.
+        return [*combine_samples(self.telemetry.samples(), board.samples()), *status]
+
+    def _histograms(self) -> list[LabelledHistogram]:
+        board = self._board
+        if board is None:
+            return self.telemetry.histograms()
+        return combine_histograms(self.telemetry.histograms(), board.histograms())
+
+    def _app_series(self, now: float) -> Iterator[LabelledSample]:
+        """The families computed from the watched App (on the HTTP thread at a scrape, or the
+        event loop for a report: reads single attributes only)."""
         app = self._app
         if app is None:
             return
@@ -297,6 +384,28 @@ class _Server(ThreadingMixIn, WSGIServer):
     scraper does not hold up the kubelet's probes."""
 
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The connections being served, for descriptors(): accepted on the serving thread,
+        # closed on their own.
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def descriptors(self) -> list[int]:
+        with self._connections_lock:
+            connections = [c.fileno() for c in self._connections]
+        return [self.socket.fileno(), *(fd for fd in connections if fd >= 0)]
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
