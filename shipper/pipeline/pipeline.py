@@ -32,9 +32,19 @@ class Pipeline:
         self.budget = budget
         self._telemetry = telemetry
 
-    async def ingest(self, chunk: Chunk, decode: Decoder) -> None:
+    async def ingest(self, chunk: Chunk, decode: Decoder, *, reserved: int = 0) -> None:
+        """Decode and route `chunk`; `reserved`: budget bytes its reader acquired before
+        reading (under this key), which count toward the chunk's size."""
         size = len(chunk.data)
-        await self.budget.acquire(size, (chunk.file.source, chunk.file.container_id))
+        key = (chunk.file.source, chunk.file.container_id)
+        if size > reserved:
+            try:
+                await self.budget.acquire(size - reserved, key)
+            except BaseException:
+                self.budget.release(reserved, key)
+                raise
+        elif reserved > size:
+            self.budget.release(reserved - size, key)
         ticket = self.tracker.register(chunk.file.handle, chunk.end)
         group = decode(chunk, ticket)
         source = chunk.file.source

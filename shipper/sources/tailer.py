@@ -230,6 +230,10 @@ class ContainerFollower:
         self._joiner = PartialJoiner(settings.max_message_bytes)
         self._reported: set[str] = set()  # paths whose error was logged
         self._wake = asyncio.Event()
+        # Budget bytes acquired before the next read (see _reserve), handed to the pipeline
+        # with the chunk read, or given back when nothing is emitted.
+        self._reserved = 0
+        self._reserved_key: tuple[str, str] = ("", "")
         self._last_reconcile = 0.0
         self._listing_due = False
         self._listed: set[object] = set()  # what the last look listed (_contents)
@@ -245,7 +249,8 @@ class ContainerFollower:
         self.stalled_since: float | None = None
         self._unread_since: float | None = None
         self._read_at = time.monotonic()  # when a read last returned new bytes
-        self.ingesting = False  # inside Pipeline.ingest: waiting for the budget, if anywhere
+        # Reserving or inside Pipeline.ingest: waiting for the budget, if anywhere.
+        self.ingesting = False
 
     # -- discovery of generations -------------------------------------------------------------
 
@@ -647,17 +652,25 @@ class ContainerFollower:
                 if self._backfill is not None and generation.offset >= generation.once_end:
                     self._finish(generation)  # read to its end at the start: a backfill stops
                     continue
+                await self._reserve(generation)
                 try:
                     data = self._read(generation)
                 except OSError as exc:
+                    self._unreserve()
                     await self._read_failed(generation, exc)
                     continue
                 if data and self._rewritten(generation):
+                    self._unreserve()
                     self._restart(generation, generation.reader.content_size())
                     continue
                 cut = data.rfind(b"\n")
                 if cut >= 0 or len(data) >= self._settings.max_line_bytes:
-                    await self._emit(generation, data[: cut + 1] if cut >= 0 else data)
+                    # The read is dropped before the chunk may wait (for the budget, beyond the
+                    # reservation): the unfinished last line is read again next time anyway.
+                    whole = cut < 0 or cut == len(data) - 1
+                    chunk, data = (data if whole else data[: cut + 1]), b""
+                    await self._emit(generation, chunk)
+                    del chunk
                     # Ingesting waits only when the memory budget is spent: give the other
                     # containers, the outputs and the watch their turn after every chunk.
                     await asyncio.sleep(0)
@@ -667,11 +680,13 @@ class ContainerFollower:
                     ):
                         self.reconcile()  # keep pinning new generations while catching up
                     continue
+                self._unreserve()
                 if self._backfill is not None:
                     await self._end_of_backfill(generation, data)
                     continue
                 await self._at_end(generation, data)
         finally:
+            self._unreserve()
             self._close_all()
             self._pending.clear()
             self._lingering.clear()
@@ -738,6 +753,36 @@ class ContainerFollower:
         self._backfill.unreadable += 1
         self._finish(generation)
 
+    async def _reserve(self, generation: _Generation) -> None:
+        """Hold the budget for the next read before reading: a follower that waits for room
+        then waits holding nothing. Read first, each waiting follower held a whole read outside
+        the budget (1,000 containers behind a full budget: ~250 MiB, issue 8). Only what the
+        file holds unread is reserved, so a quiet container's new line does not wait for a
+        whole read's worth of room."""
+        if self._reserved or generation.released:
+            return
+        size = self._settings.read_chunk_size
+        reader = generation.reader
+        if not reader.compressed:
+            size = min(size, reader.content_size() - generation.offset)
+        if size > 0:
+            key = self._budget_key(generation)
+            self.ingesting = True  # waiting for the budget is no stall
+            try:
+                await self._pipeline.budget.acquire(size, key)
+            finally:
+                self.ingesting = False
+            self._reserved, self._reserved_key = size, key
+
+    def _unreserve(self) -> None:
+        if self._reserved:
+            self._pipeline.budget.release(self._reserved, self._reserved_key)
+            self._reserved = 0
+
+    @staticmethod
+    def _budget_key(generation: _Generation) -> tuple[str, str]:
+        return (generation.file.source, generation.file.container_id)
+
     def _read(self, generation: _Generation) -> bytes:
         if generation.released:
             return b""
@@ -767,8 +812,9 @@ class ContainerFollower:
             # past that start, so that rest was shipped before.
             self._joiner.head_lost.clear()
         self.ingesting = True
+        reserved, self._reserved = self._reserved, 0  # the pipeline holds it from here on
         try:
-            await self._pipeline.ingest(chunk, self._decode)
+            await self._pipeline.ingest(chunk, self._decode, reserved=reserved)
         finally:
             self.ingesting = False
         self._record_open_partials(generation)

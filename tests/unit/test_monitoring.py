@@ -392,6 +392,34 @@ async def test_waiting_for_the_memory_budget_is_no_stall(
     await wait_until(lambda: follower.lag_bytes == 0, what="delivered once the budget had room")
 
 
+async def test_a_follower_waiting_for_the_budget_has_read_nothing(
+    tmp_path: Path, tasks: list[asyncio.Task[None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each follower behind a full budget used to wait holding a whole read (and a copy of it):
+    # with 1,000 containers, hundreds of MiB outside the budget. Its backlog stays on disk now.
+    follower, pipeline, writer = follower_in(tmp_path, budget_bytes=100)
+    log = writer.containers["web-1"]
+    for n in range(10):
+        log.write(f"a line long enough to need more than the whole budget {n}")
+    read_bytes: list[int] = []  # what the follower read of its lines (not identity heads)
+    read = ContainerFollower._read
+
+    def counted(self: ContainerFollower, generation: Any) -> bytes:
+        data = read(self, generation)
+        read_bytes.append(len(data))
+        return data
+
+    monkeypatch.setattr(ContainerFollower, "_read", counted)
+    await pipeline.budget.acquire(100, "another container")  # the outputs are slow
+    tasks.append(asyncio.create_task(follower.run()))
+    await wait_until(lambda: follower.ingesting, what="the follower waiting for the budget")
+    assert sum(read_bytes) == 0
+    assert pipeline.budget.used == 100
+    pipeline.budget.release(100, "another container")
+    await wait_until(lambda: follower.lag_bytes == 0, what="delivered once the budget had room")
+    assert sum(read_bytes) >= log.log_path.stat().st_size
+
+
 async def test_a_stopped_source_leaves_no_gauges_behind(tmp_path: Path) -> None:
     writer = DockerRootWriter(tmp_path / "containers")
     log = writer.add_container("web-1")
