@@ -96,6 +96,7 @@ class FollowingSource:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rescan = asyncio.Event()
         self._lag_series: set[str] = set()  # container labels of shipper_lag_bytes set now
+        self._watching = False  # the watch of the root works: followers' idle looks skip listing
         # A backfill (`run --once`): discover once, read each file to its end, return.
         self._backfill = backfill
         # Set by the App when a reload may hand deleted files from one pipeline to the next.
@@ -129,6 +130,7 @@ class FollowingSource:
         side.add_done_callback(self._side_ended)
         try:
             watching = self._tailing.watch and self.root.is_dir() and watch.start()
+            self._set_watching(watching)
             self.scan(initial=True)
             if self.handover is not None:
                 # What no follower took was in a directory that is gone now: closed, and its
@@ -151,12 +153,13 @@ class FollowingSource:
                 if self._tailing.watch and not watching and self.root.is_dir():
                     # What appeared before the watch began sends no event: scan once more.
                     watching = started = watch.start()
+                self._set_watching(watching)
                 due = time.monotonic() - last_full_scan >= self._tailing.rescan_interval
                 if due:
                     last_full_scan = time.monotonic()
                 if due or started or not watching or self._rescan.is_set():
                     self.scan(initial=False, collect_garbage=due)
-                self._reconcile_all(collect_garbage=due)
+                self._reconcile_all(collect_garbage=due, listing=due or started or not watching)
         finally:
             watch.stop()
             side.cancel()
@@ -262,6 +265,7 @@ class FollowingSource:
         # The first look also settles what happened while shipper was down: checkpoints of
         # files gone since are dropped, and what was unread in them counted as lost.
         follower.reconcile(start_at_end=start_at_end, checkpoints=checkpoints)
+        follower.watched = self._watching
         key = target.key
         task = asyncio.create_task(follower.run(), name=f"follow:{key[-40:]}")
         self._followers[key] = follower
@@ -303,9 +307,16 @@ class FollowingSource:
                 by_directory[os.path.dirname(entry.path)].append(entry)
         return by_directory
 
-    def _reconcile_all(self, *, collect_garbage: bool) -> None:
+    def _set_watching(self, watching: bool) -> None:
+        if watching != self._watching:
+            self._watching = watching
+            for follower in self._followers.values():
+                follower.watched = watching
+
+    def _reconcile_all(self, *, collect_garbage: bool, listing: bool = True) -> None:
         """Let every follower pin new generations, even one stalled by backpressure; now and
-        then, drop the checkpoints of files that are gone."""
+        then, drop the checkpoints of files that are gone. Without `listing` (the watch works
+        and no rescan is due) only measure: the watch's hints list what changed."""
         by_directory = self._checkpoints_by_directory() if collect_garbage else {}
         pinned = open_files = 0
         lag: dict[str, int] = defaultdict(int)  # by container label: a pod's restarts add up
@@ -317,7 +328,10 @@ class FollowingSource:
                     for entry in by_directory.get(follower.directory, [])
                     if _owns(follower.rotation, entry.path)
                 ]
-            follower.reconcile(checkpoints=checkpoints)
+            if listing or collect_garbage:
+                follower.reconcile(checkpoints=checkpoints)
+            else:
+                follower.refresh()
             pinned += follower.pinned_bytes
             open_files += follower.open_files
             lag[_container_label(follower.container_id, follower.current_path)] += (
