@@ -1279,7 +1279,7 @@ OutputConfig = Annotated[
 
 
 class PipelineConfig(_Model):
-    max_buffered_bytes: Annotated[ByteSize, AfterValidator(_at_least(MiB, "1MiB"))] = 32 * MiB
+    max_buffered_bytes: Annotated[ByteSize, AfterValidator(_at_least(MiB, "1MiB"))] = 16 * MiB
     shutdown_timeout: Duration = 10.0
     # Processes that each follow a share of the files (by directory), for a second core: one
     # CPython process tops out near one core. 1 = everything in the one process.

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from shipper.app import App
 from shipper.config import DEFAULT_ORIGIN, Config, LoggingConfig, MonitoringConfig, load_config
@@ -18,7 +18,7 @@ from shipper.sharding import Shard
 from shipper.sources.handover import Handover
 from shipper.telemetry.counters import Telemetry
 from shipper.telemetry.logging import setup_logging
-from shipper.telemetry.report import WorkerReport
+from shipper.telemetry.report import WorkerBoard, WorkerReport
 from shipper.telemetry.server import HEARTBEAT_INTERVAL, MonitoringServer
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,27 @@ _NR_OPEN = Path("/proc/sys/fs/nr_open")
 _NR_OPEN_DEFAULT = 1024 * 1024
 
 
+class Supervision(Protocol):
+    """What worker 0 runs beside its pipeline when there are several (shipper.workers)."""
+
+    board: WorkerBoard  # the workers' latest reports: what the endpoint answers from
+    telemetry: Telemetry  # the supervision's own series
+
+    def attach(self, request_stop: Callable[[], None]) -> None: ...
+
+    def forward(self, signum: int) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerRole:
     """What makes a process one worker of several (shipper.workers): its share of the files,
-    what the supervisor found about the first start, and where its reports go."""
+    whether the first worker found this to be a first start, where its reports go, and, for
+    worker 0, the supervision of the others."""
 
     shard: Shard
     first_start: bool | None
     send_report: Callable[[WorkerReport], None]
+    supervision: Supervision | None = None
 
 
 def run_until_signalled(config: Config, path: Path | None, *, once: bool = False) -> int:
@@ -109,10 +122,21 @@ async def _serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reload = asyncio.Event()
+    supervision = worker.supervision if worker is not None else None
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _request_stop, stop, signum)
+        loop.add_signal_handler(signum, _request_stop, stop, signum, supervision)
     # A backfill ends by itself; a reload would only start it over.
-    loop.add_signal_handler(signal.SIGHUP, _ignore_reload if once else reload.set)
+    if once:
+        loop.add_signal_handler(signal.SIGHUP, _ignore_reload)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, _request_reload, reload, supervision)
+    if supervision is not None:
+
+        def stop_soon() -> None:  # from the supervision's thread
+            loop.call_soon_threadsafe(stop.set)
+
+        # A worker that died stops every worker, this one included.
+        supervision.attach(stop_soon)
     # The `run` command blocks SIGHUP until now, as its default action ends the process: one
     # sent during startup is delivered here and reloads.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -131,9 +155,17 @@ async def _serve(
         runner.close()
 
 
-def _request_stop(stop: asyncio.Event, signum: int) -> None:
+def _request_stop(stop: asyncio.Event, signum: int, supervision: Supervision | None) -> None:
     log.info("Asked to stop.", extra={"signal": signal.Signals(signum).name})
     stop.set()
+    if supervision is not None:
+        supervision.forward(signum)  # the other workers stop at the same time
+
+
+def _request_reload(reload: asyncio.Event, supervision: Supervision | None) -> None:
+    reload.set()
+    if supervision is not None:
+        supervision.forward(signal.SIGHUP)  # each worker reads the file and reloads
 
 
 def _ignore_reload() -> None:
@@ -176,6 +208,8 @@ class _Runner:
         self.worker = worker
         self._first_start = worker.first_start if worker is not None else None
         self._reporting: asyncio.Task[None] | None = None
+        # Worker 0 of several also serves the endpoint, from every worker's reports.
+        self.endpoint: MonitoringServer | None = None
         # With no file, a reload reads the embedded default again: nothing changes.
         self.origin = str(path) if path is not None else DEFAULT_ORIGIN
         self.telemetry = telemetry
@@ -215,6 +249,13 @@ class _Runner:
             self.monitoring.start()
             if self.app is not None:
                 self.monitoring.watch(self.app)
+            supervision = self.worker.supervision if self.worker is not None else None
+            if supervision is not None:
+                if self.endpoint is not None:
+                    self.endpoint.stop()
+                self.endpoint = MonitoringServer(config.monitoring, supervision.telemetry)
+                self.endpoint.watch_workers(supervision.board)
+                self.endpoint.start()
         if self.worker is not None and self._reporting is None:
             self._reporting = asyncio.create_task(self._report(self.worker), name="report")
 
@@ -237,6 +278,8 @@ class _Runner:
         self.handover.discard_others(set())
         if self.monitoring is not None:
             self.monitoring.stop()
+        if self.endpoint is not None:
+            self.endpoint.stop()
 
     def _count_suppressed(self, level: str) -> None:
         self.telemetry.inc("shipper_log_messages_suppressed_total", level=level)

@@ -1,17 +1,20 @@
-"""Several worker processes, each following a share of the files: the supervisor that runs them.
+"""Several worker processes, each shipping a share of the files, and the supervision of them.
 
-One CPython process tops out near one core (bench/README.md), so `pipeline.workers: N` forks N
+One CPython process tops out near one core (bench/README.md), so `pipeline.workers: N` runs N
 workers, each a whole pipeline (sources, buffer, outputs, retries, dead letters) over the files
 whose directory hashes to it (shipper.sharding). Nothing crosses between workers but the
 checkpoint file (merged under a lock) and the output files (appended under a lock): a
 container's lines stay in one process, in order, and each worker moves checkpoints only for
 what its outputs confirmed, as one process does.
 
-The supervisor is the process the operator started. It owns the monitoring endpoint (the
-workers report to it every second over a pipe), forwards SIGTERM and SIGHUP, restarts a worker
-that dies or goes silent (with a backoff), and exits when all of them have stopped. It has no
-event loop: a plain loop waiting on the workers' pipes and on signals, so that forking a
-replacement worker never copies a running loop into it.
+The process the operator started is worker 0: before it starts its event loop it forks the
+others (so they share its imported code, page for page), then ships its own share while a
+supervision thread reads the others' reports (every second, over a pipe) into the one
+monitoring endpoint, and watches them. SIGTERM and SIGHUP reach every worker. A worker that
+dies or goes silent stops shipper in order with exit code 1, for systemd or the orchestrator
+to start it again, as when a single process dies: the workers read on from their checkpoints.
+A separate supervisor process would cost a whole interpreter's memory (about 40 MiB of PSS
+under load) for a loop that waits.
 """
 
 from __future__ import annotations
@@ -19,354 +22,249 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
 from shipper.checkpoints import CheckpointStore
-from shipper.config import Config, load_config
-from shipper.errors import ConfigError, ShipperError
+from shipper.config import Config
+from shipper.errors import ShipperError
 from shipper.runner import EXIT_FATAL, EXIT_OK, WorkerRole, run_worker
 from shipper.sharding import Shard
 from shipper.telemetry.counters import Telemetry
-from shipper.telemetry.logging import setup_logging
 from shipper.telemetry.report import WorkerBoard, WorkerReport
-from shipper.telemetry.server import MonitoringServer
 
 log = logging.getLogger(__name__)
 
-# What signal.signal() returns: the handler that was in place, to put back.
-_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-# How long the supervisor's loop waits for a report or a signal before it looks around again.
+# How long the supervision thread waits for a report before it looks at the workers again.
 TICK = 0.5
-# A worker that dies is started again after this, doubled at each death up to the maximum; a
-# worker that ran this long without dying counts as healthy again.
-RESTART_BACKOFF = 1.0
-RESTART_BACKOFF_MAX = 30.0
-HEALTHY_AFTER = 60.0
-# After SIGTERM, how long past `pipeline.shutdown_timeout` a worker may take to write its
+# After a stop, how long past `pipeline.shutdown_timeout` a worker may take to write its
 # checkpoints and exit before it is killed.
 STOP_GRACE = 10.0
-
-
-@dataclass(slots=True)
-class _Worker:
-    """One worker process as the supervisor sees it."""
-
-    index: int
-    pid: int | None = None
-    reports: Connection | None = None  # the read end of its report pipe
-    started_at: float = 0.0  # time.monotonic() of the fork
-    started: bool = False  # it reported that its pipeline started
-    restart_at: float | None = None
-    backoff: float = RESTART_BACKOFF
-    exit_code: int | None = None
-    inherited: list[int] = field(default_factory=list)  # fds its fork must close
 
 
 def supervise(config: Config, path: Path | None) -> int:
     """Run `config.pipeline.workers` workers until SIGTERM or SIGINT; the exit code."""
     try:
-        return _Supervisor(config, path).run()
+        first_start = _check_checkpoints(config)
     except ShipperError as exc:
         log.error("shipper cannot go on.", extra={"error": str(exc)})
         return EXIT_FATAL
-
-
-class _Supervisor:
-    def __init__(self, config: Config, path: Path | None) -> None:
-        self.config = config
-        self.path = path
-        self.telemetry = Telemetry()
-        self.workers = [_Worker(index) for index in range(config.pipeline.workers)]
-        self.board = WorkerBoard(len(self.workers))
-        self.monitoring: MonitoringServer | None = None
-        self.stopping = False
-        self.reload = False
-        self.stop_deadline = 0.0
-        self.failed = False
-
-    def run(self) -> int:
-        first_start = self._check_checkpoints()
-        # The workers are forks: what the supervisor imported is shared with them, page for
-        # page, as long as nothing writes to it. The collector would (it marks every object it
-        # traces); frozen, it leaves the imported objects alone in every process.
-        gc.freeze()
-        wakeup_read, wakeup_write = socket.socketpair()
-        wakeup_read.setblocking(False)
-        wakeup_write.setblocking(False)
-        previous_wakeup = signal.set_wakeup_fd(wakeup_write.fileno())
-        handlers = self._install_signals()
-        try:
-            for worker in self.workers:
-                self._start(worker, first_start, wakeup_read, wakeup_write)
-            self.board.beat(time.monotonic())  # /livez: the loop below runs from now on
-            self.monitoring = MonitoringServer(self.config.monitoring, self.telemetry)
-            self.monitoring.watch_workers(self.board)
-            self.monitoring.start()
-            self.telemetry.set("shipper_workers", len(self.workers))
-            log.info(
-                "Supervising workers.",
-                extra={
-                    "workers": len(self.workers),
-                    "pids": [worker.pid for worker in self.workers],
-                },
-            )
-            while not self._finished():
-                self._tick(wakeup_read, wakeup_write)
-        finally:
-            for worker in self.workers:
-                if worker.pid is not None:  # only if the loop itself failed
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGKILL)
-            if self.monitoring is not None:
-                self.monitoring.stop()
-            signal.set_wakeup_fd(previous_wakeup)
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-            wakeup_read.close()
-            wakeup_write.close()
-        log.info("shipper stopped.", extra={"workers": len(self.workers)})
-        return EXIT_FATAL if self.failed else EXIT_OK
-
-    # -- start -----------------------------------------------------------------------------------
-
-    def _check_checkpoints(self) -> bool:
-        """Load the checkpoint file once, before any worker: a corrupt one is handled here
-        (on_corrupt), not by several workers at once; returns whether this is a first start."""
-        store = CheckpointStore(
-            self.config.checkpoint_path, on_corrupt=self.config.checkpoints.on_corrupt
+    count = config.pipeline.workers
+    # The workers are forks: what this process imported is shared with them as long as
+    # nothing writes to it. The collector would (it marks every object it traces); frozen,
+    # it leaves the imported objects alone in every process.
+    gc.freeze()
+    children: list[_Child] = []
+    for index in range(1, count):
+        children.append(_fork(config, path, Shard(index, count), first_start, children))
+    supervision = Supervision(config, children, count)
+    supervision.start()
+    log.info(
+        "Workers started.",
+        extra={"workers": count, "pids": [os.getpid(), *(child.pid for child in children)]},
+    )
+    try:
+        code = run_worker(
+            config,
+            path,
+            worker=WorkerRole(Shard(0, count), first_start, supervision.report_local, supervision),
         )
-        store.load()
-        if store.set_aside_path is not None:
-            log.error(
-                "Checkpoint file was corrupt; set it aside and started fresh.",
-                extra={"set_aside": str(store.set_aside_path), "reason": store.corrupt_reason},
-            )
-        return store.first_start
+    finally:
+        supervision.stop_children()
+    return code if code != EXIT_OK else supervision.exit_code
 
-    def _install_signals(self) -> dict[signal.Signals, _Handler]:
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            if not self.stopping:
-                log.info("Asked to stop.", extra={"signal": signal.Signals(signum).name})
-            self.stopping = True
 
-        def reload(_signum: int, _frame: FrameType | None) -> None:
-            self.reload = True
-
-        def child(_signum: int, _frame: FrameType | None) -> None:
-            return None  # only wakes the loop (the wakeup fd): it reaps there
-
-        handlers = {
-            signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
-            signal.SIGINT: signal.signal(signal.SIGINT, stop),
-            signal.SIGHUP: signal.signal(signal.SIGHUP, reload),
-            signal.SIGCHLD: signal.signal(signal.SIGCHLD, child),
-        }
-        # The `run` command held SIGHUP back until it could be handled: it can now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        return handlers
-
-    def _start(
-        self,
-        worker: _Worker,
-        first_start: bool | None,
-        wakeup_read: socket.socket,
-        wakeup_write: socket.socket,
-    ) -> None:
-        reports, sending = multiprocessing.Pipe(duplex=False)
-        # What the fork inherits of the supervisor and must not keep: the other workers'
-        # pipes, the wakeup socket pair, the monitoring endpoint's socket.
-        inherited = [reports.fileno(), wakeup_read.fileno(), wakeup_write.fileno()]
-        inherited += [w.reports.fileno() for w in self.workers if w.reports is not None]
-        if self.monitoring is not None:
-            inherited += self.monitoring.sockets()
-        pid = os.fork()
-        if pid == 0:
-            _worker_main(
-                self.config,
-                self.path,
-                Shard(worker.index, len(self.workers)),
-                first_start=first_start,
-                reports=sending,
-                inherited=inherited,
-            )
-        sending.close()
-        worker.pid = pid
-        worker.reports = reports
-        worker.started_at = time.monotonic()
-        worker.started = False
-        worker.restart_at = None
-        worker.exit_code = None
-
-    # -- the loop --------------------------------------------------------------------------------
-
-    def _tick(self, wakeup_read: socket.socket, wakeup_write: socket.socket) -> None:
-        now = time.monotonic()
-        self.board.beat(now)
-        waiting: list[Connection | socket.socket] = [wakeup_read]
-        waiting += [w.reports for w in self.workers if w.reports is not None]
-        for ready in multiprocessing.connection.wait(waiting, timeout=TICK):
-            if ready is wakeup_read:
-                with contextlib.suppress(BlockingIOError):
-                    while wakeup_read.recv(4096):
-                        pass
-                continue
-            self._receive(ready)
-        self._reap()
-        now = time.monotonic()
-        if self.stopping:
-            self._stop_all(now)
-            return
-        if self.reload:
-            self.reload = False
-            self._reload()
-        for index in self.board.silent(now):
-            worker = self.workers[index]
-            if worker.pid is not None:
-                log.error(
-                    "A worker sent no report for too long; killing it to start it again.",
-                    extra={"worker": index, "pid": worker.pid},
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
-        for worker in self.workers:
-            if worker.pid is None and worker.restart_at is not None and now >= worker.restart_at:
-                self.telemetry.inc("shipper_worker_restarts_total", worker=str(worker.index))
-                self._start(worker, None, wakeup_read, wakeup_write)
-                log.info("Worker started again.", extra={"worker": worker.index, "pid": worker.pid})
-
-    def _receive(self, ready: object) -> None:
-        worker = next(w for w in self.workers if w.reports is ready)
-        assert worker.reports is not None  # noqa: S101 - found by it
-        try:
-            report = worker.reports.recv()
-        except (EOFError, OSError):
-            worker.reports.close()  # it is exiting: reaped below or at the next tick
-            worker.reports = None
-            return
-        if isinstance(report, WorkerReport) and report.worker == worker.index:
-            self.board.update(report, time.monotonic())
-            worker.started = worker.started or report.started
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = next((w for w in self.workers if w.pid == pid), None)
-            if worker is None:
-                continue
-            self._ended(worker, status)
-
-    def _ended(self, worker: _Worker, status: int) -> None:
-        worker.pid = None
-        if worker.reports is not None:
-            worker.reports.close()
-            worker.reports = None
-        self.board.forget(worker.index)
-        code = os.waitstatus_to_exitcode(status)
-        worker.exit_code = code
-        how = {"exit_code": code} if code >= 0 else {"signal": signal.Signals(-code).name}
-        if self.stopping:
-            if code != 0:
-                self.failed = True
-                log.error("A worker stopped with an error.", extra={"worker": worker.index, **how})
-            return
-        if code == EXIT_FATAL and not worker.started:
-            # It could not start (its reason is logged above): starting it again would fail
-            # the same way, and a single process would exit here too.
-            log.error("A worker could not start; stopping.", extra={"worker": worker.index, **how})
-            self.failed = True
-            self.stopping = True
-            return
-        ran = time.monotonic() - worker.started_at
-        if ran >= HEALTHY_AFTER:
-            worker.backoff = RESTART_BACKOFF
+def _check_checkpoints(config: Config) -> bool:
+    """Load the checkpoint file once, before any worker: a corrupt one is handled here
+    (on_corrupt), not by several workers at once; whether this is a first start."""
+    store = CheckpointStore(config.checkpoint_path, on_corrupt=config.checkpoints.on_corrupt)
+    store.load()
+    if store.set_aside_path is not None:
         log.error(
-            "A worker ended; starting it again. Its files are read on from its checkpoints.",
-            extra={
-                "worker": worker.index,
-                "ran_s": round(ran, 1),
-                "restart_in_s": worker.backoff,
-                **how,
-            },
+            "Checkpoint file was corrupt; set it aside and started fresh.",
+            extra={"set_aside": str(store.set_aside_path), "reason": store.corrupt_reason},
         )
-        worker.restart_at = time.monotonic() + worker.backoff
-        worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)
+    return store.first_start
 
-    def _stop_all(self, now: float) -> None:
-        if not self.stop_deadline:
-            self.stop_deadline = now + self.config.pipeline.shutdown_timeout + STOP_GRACE
-            for worker in self.workers:
-                worker.restart_at = None
-                if worker.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGTERM)
-        elif now >= self.stop_deadline:
-            for worker in self.workers:
-                if worker.pid is not None:
+
+@dataclass(slots=True)
+class _Child:
+    """A forked worker as worker 0 sees it."""
+
+    index: int
+    pid: int
+    reports: Connection | None  # the read end of its report pipe; None once it closed
+    started: bool = False  # it reported that its pipeline started
+    exit_code: int | None = None  # once reaped
+
+
+def _fork(
+    config: Config, path: Path | None, shard: Shard, first_start: bool, siblings: list[_Child]
+) -> _Child:
+    reports, sending = multiprocessing.Pipe(duplex=False)
+    # What the fork must not keep of this process: its siblings' report pipes, its own read end.
+    inherited = [reports.fileno()]
+    inherited += [child.reports.fileno() for child in siblings if child.reports is not None]
+    pid = os.fork()
+    if pid == 0:
+        _worker_main(
+            config,
+            path,
+            shard,
+            first_start=first_start,
+            reports=sending,
+            inherited=inherited,
+        )
+    sending.close()
+    return _Child(shard.index, pid, reports)
+
+
+class Supervision:
+    """Worker 0's watch over the others, on a thread of its own: their reports into the board
+    the monitoring endpoint answers from, their ends, and the signals worker 0 forwards."""
+
+    def __init__(self, config: Config, children: list[_Child], count: int) -> None:
+        self.config = config
+        self.children = children
+        self.board = WorkerBoard(count)
+        # The supervision's own series (the endpoint adds the workers' reports to them).
+        self.telemetry = Telemetry()
+        self.telemetry.set("shipper_workers", count)
+        self.exit_code = EXIT_OK
+        self._stopping = threading.Event()
+        self._request_stop: Callable[[], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="supervision", daemon=True)
+
+    # -- worker 0's side (its event loop) ------------------------------------------------------
+
+    def attach(self, request_stop: Callable[[], None]) -> None:
+        """How the supervision asks worker 0 to stop (thread-safe: a loop callback)."""
+        self._request_stop = request_stop
+
+    def report_local(self, report: WorkerReport) -> None:
+        """Worker 0's own report, straight into the board."""
+        self.board.update(report, time.monotonic())
+
+    def forward(self, signum: int) -> None:
+        """A signal worker 0 received, for every other worker too."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping.set()
+            signum = signal.SIGTERM
+        for child in self.children:
+            if child.exit_code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.board.beat(time.monotonic())  # /livez: the supervision runs from now on
+        self._thread.start()
+
+    def stop_children(self) -> None:
+        """Worker 0 has stopped: stop the others in order, killing what outlives the grace."""
+        self.forward(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.pipeline.shutdown_timeout + STOP_GRACE
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            for child in self.children:
+                if child.exit_code is None:
                     log.error(
                         "A worker did not stop in time; killing it.",
-                        extra={"worker": worker.index, "pid": worker.pid},
+                        extra={"stopped_worker": child.index, "pid": child.pid},
                     )
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGKILL)
-            self.stop_deadline = now + STOP_GRACE  # then reap what the kill ended
+                        os.kill(child.pid, signal.SIGKILL)
+            self._thread.join(timeout=STOP_GRACE)
 
-    def _finished(self) -> bool:
-        return self.stopping and all(worker.pid is None for worker in self.workers)
-
-    def _reload(self) -> None:
-        """Validate the file once here; if it says something new, every worker reloads it."""
+    def _run(self) -> None:
         try:
-            following = load_config(self.path)
-        except ConfigError as exc:
-            log.error(
-                "Config reload refused; the running config goes on.",
-                extra={"config": str(self.path), "error": str(exc)},
-            )
-            return
-        if following == self.config:
-            log.info("Config reload: nothing changed.", extra={"config": str(self.path)})
-            return
-        if following.pipeline.workers != self.config.pipeline.workers:
-            log.warning(
-                "pipeline.workers changes at the next start; the workers reload the rest.",
-                extra={
-                    "running": self.config.pipeline.workers,
-                    "configured": following.pipeline.workers,
-                },
-            )
-        if following.logging != self.config.logging:
-            setup_logging(
-                following.logging.level,
-                following.logging.format,
-                rate_limit=following.logging.rate_limit,
-            )
-        if following.monitoring != self.config.monitoring and self.monitoring is not None:
-            self.monitoring.stop()
-            self.monitoring = MonitoringServer(following.monitoring, self.telemetry)
-            self.monitoring.watch_workers(self.board)
-            self.monitoring.start()
-        self.config = following
-        for worker in self.workers:
-            if worker.pid is not None:
+            while any(child.exit_code is None for child in self.children):
+                self._tick()
+        except Exception:
+            log.exception("The supervision of the workers failed; stopping.")
+            self.exit_code = EXIT_FATAL
+            self._stop_all()
+
+    def _tick(self) -> None:
+        waiting = [child.reports for child in self.children if child.reports is not None]
+        if waiting:
+            for ready in multiprocessing.connection.wait(waiting, timeout=TICK):
+                self._receive(ready)
+        else:
+            self._stopping.wait(TICK)
+        for child in self.children:
+            if child.exit_code is None:
+                self._reap(child)
+        now = time.monotonic()
+        silent = self.board.silent(now)
+        if 0 not in silent:
+            # Worker 0's loop reports too: while it does not, /livez goes stale and the
+            # orchestrator restarts the whole process.
+            self.board.beat(now)
+        for child in self.children:
+            if child.index in silent and child.exit_code is None and not self._stopping.is_set():
+                log.error(
+                    "A worker sent no report for too long; killing it and stopping.",
+                    extra={"stopped_worker": child.index, "pid": child.pid},
+                )
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGHUP)
+                    os.kill(child.pid, signal.SIGKILL)
+
+    def _receive(self, ready: object) -> None:
+        child = next(child for child in self.children if child.reports is ready)
+        assert child.reports is not None  # noqa: S101 - found by it
+        try:
+            report = child.reports.recv()
+        except (EOFError, OSError):
+            child.reports.close()  # it is exiting: reaped at this tick or the next
+            child.reports = None
+            return
+        if isinstance(report, WorkerReport) and report.worker == child.index:
+            self.board.update(report, time.monotonic())
+            child.started = child.started or report.started
+
+    def _reap(self, child: _Child) -> None:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = child.pid, 0
+        if pid == 0:
+            return
+        code = child.exit_code = os.waitstatus_to_exitcode(status)
+        self.board.forget(child.index)
+        how = {"exit_code": code} if code >= 0 else {"signal": signal.Signals(-code).name}
+        if self._stopping.is_set():
+            if code != 0:
+                self.exit_code = EXIT_FATAL
+                log.error(
+                    "A worker stopped with an error.", extra={"stopped_worker": child.index, **how}
+                )
+            return
+        self.exit_code = EXIT_FATAL
+        log.error(
+            # Its own error said why (a config it cannot run, an output it cannot open).
+            "A worker could not start; stopping."
+            if code == EXIT_FATAL and not child.started
+            else "A worker ended; stopping the others in order. Started again, every worker "
+            "reads on from its checkpoints.",
+            extra={"stopped_worker": child.index, **how},
+        )
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        self.forward(signal.SIGTERM)
+        if self._request_stop is not None:
+            self._request_stop()
 
 
 def _worker_main(
@@ -374,29 +272,19 @@ def _worker_main(
     path: Path | None,
     shard: Shard,
     *,
-    first_start: bool | None,
+    first_start: bool,
     reports: Connection,
     inherited: list[int],
 ) -> NoReturn:
-    """A forked worker's whole life: never returns into the supervisor's code."""
+    """A forked worker's whole life: never returns into worker 0's code."""
     code = EXIT_FATAL
     try:
-        # SIGHUP waits until the worker's loop handles it (as in the `run` command); the rest
-        # are the supervisor's handlers, which mean nothing here.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         for fd in inherited:
             with contextlib.suppress(OSError):
                 os.close(fd)
         _tag_logs(shard.index)
         reporter = _Reporter(reports)
-        code = run_worker(
-            config,
-            path,
-            worker=WorkerRole(shard, first_start, reporter.send),
-        )
+        code = run_worker(config, path, worker=WorkerRole(shard, first_start, reporter.send))
     except BaseException:
         log.exception("A worker failed.")
     finally:
@@ -405,7 +293,7 @@ def _worker_main(
 
 
 def _tag_logs(worker: int) -> None:
-    """Every log line of this worker says which one it is (a `worker` field)."""
+    """Every log line of this worker says which one it is (a `worker` field; none: worker 0)."""
     make_record = logging.getLogRecordFactory()
 
     def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -417,9 +305,9 @@ def _tag_logs(worker: int) -> None:
 
 
 class _Reporter:
-    """Sends a worker's latest report to the supervisor from a thread of its own, so a busy
-    supervisor never blocks the worker's event loop; reports it could not send yet are replaced
-    by newer ones. A supervisor that is gone (the pipe broke) stops the worker."""
+    """Sends a worker's latest report to worker 0 from a thread of its own, so that a busy
+    worker 0 never blocks this worker's event loop; a report not sent yet is replaced by a newer
+    one. If worker 0 is gone (the pipe broke), this worker stops."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -441,6 +329,6 @@ class _Reporter:
             try:
                 self._connection.send(report)
             except OSError:
-                log.error("The supervisor is gone; stopping this worker.")
+                log.error("Worker 0 is gone; stopping this worker.")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return

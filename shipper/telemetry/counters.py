@@ -208,12 +208,7 @@ DEFINITIONS: dict[str, Definition] = {
         "logging.rate_limit allows; a summary line says how many when the interval ends.",
         ("level",),
     ),
-    # -- worker processes (pipeline.workers > 1): set by the supervisor --------------------------
-    "shipper_worker_restarts_total": Definition(
-        Kind.COUNTER,
-        "Worker processes restarted by the supervisor after they died or went silent.",
-        ("worker",),
-    ),
+    # -- worker processes (pipeline.workers > 1): set by the supervision in worker 0 -------------
     "shipper_workers": Definition(
         Kind.GAUGE, "Worker processes configured (pipeline.workers).", ()
     ),

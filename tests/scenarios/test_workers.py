@@ -1,7 +1,7 @@
-"""`pipeline.workers`: a real `shipper run` that supervises worker processes, each following a
-share of the containers. Every line once and in order per container, whatever the number of
-workers from one run to the next; metrics summed over the workers; a worker that dies is
-started again and reads on from its checkpoints; SIGHUP reaches every worker."""
+"""`pipeline.workers`: a real `shipper run` whose process forks the other workers, each
+following a share of the containers. Every line once and in order per container, whatever the
+number of workers from one run to the next; metrics summed over the workers; a worker that dies
+stops shipper in order, and the next start reads on; SIGHUP reaches every worker."""
 
 from __future__ import annotations
 
@@ -103,8 +103,9 @@ def logged(stderr: Path, message: str) -> list[dict[str, object]]:
 
 
 def worker_pids(stderr: Path) -> list[int]:
-    wait_until_sync(lambda: bool(logged(stderr, "Supervising workers.")), what="the workers")
-    [event] = logged(stderr, "Supervising workers.")
+    """Worker 0 (the process started) first, then the ones it forked."""
+    wait_until_sync(lambda: bool(logged(stderr, "Workers started.")), what="the workers")
+    [event] = logged(stderr, "Workers started.")
     pids = event["pids"]
     assert isinstance(pids, list)
     return [int(pid) for pid in pids]
@@ -130,12 +131,14 @@ def test_every_line_once_and_in_order_whatever_the_number_of_workers(tmp_path: P
         process, stderr = start_shipper(tmp_path, write_config(tmp_path, workers), f"run{run}")
         try:
             if workers > 1:
-                assert len(worker_pids(stderr)) == workers
-                # The workers are the supervisor's children: one process per share.
+                pids = worker_pids(stderr)
+                assert len(pids) == workers
+                # One process per share: the one started, and its children.
                 children = (
                     Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
                 )
-                assert sorted(map(int, children)) == sorted(worker_pids(stderr))
+                assert pids[0] == process.pid
+                assert sorted(map(int, children)) == sorted(pids[1:])
             wait_until_sync(
                 lambda: count(tmp_path) >= containers.total,
                 timeout=60,
@@ -180,23 +183,35 @@ def test_metrics_add_up_over_the_workers(tmp_path: Path) -> None:
         stop(process, stderr)
 
 
-def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
+def test_a_worker_that_dies_stops_shipper_in_order_and_the_next_start_reads_on(
+    tmp_path: Path,
+) -> None:
     containers = Containers(tmp_path / "containers")
     containers.write(300)
-    process, stderr = start_shipper(tmp_path, write_config(tmp_path, 2), "restart")
+    config = write_config(tmp_path, 2)
+    process, stderr = start_shipper(tmp_path, config, "killed")
     try:
-        url = monitoring_url(process, stderr)
         wait_until_sync(lambda: count(tmp_path) >= containers.total, what="the first lines")
-        victim = worker_pids(stderr)[0]
-        os.kill(victim, signal.SIGKILL)
-        wait_until_sync(
-            lambda: bool(logged(stderr, "Worker started again.")), what="the worker's restart"
-        )
-        [restarted] = logged(stderr, "Worker started again.")
-        assert restarted["worker"] == 0 and restarted["pid"] != victim
-        containers.write(300)
-        # What the dead worker had not checkpointed is read again (at least once); nothing
-        # is lost, and the other worker's containers are untouched.
+        os.kill(worker_pids(stderr)[1], signal.SIGKILL)
+        # Like a single process that dies: exit code 1 for systemd or the orchestrator, after
+        # the other worker stopped in order (its checkpoints written).
+        assert process.wait(timeout=60) == 1, stderr.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    [ended] = logged(
+        stderr,
+        "A worker ended; stopping the others in order. Started again, "
+        "every worker reads on from its checkpoints.",
+    )
+    assert ended["stopped_worker"] == 1 and ended["signal"] == "SIGKILL"
+    assert logged(stderr, "shipper stopped.")  # worker 0 stopped in order
+    containers.write(300)
+    process, stderr = start_shipper(tmp_path, config, "again")
+    try:
+        # What the killed worker had not checkpointed is read again (at least once); nothing
+        # is lost, and every container's lines stay in order.
         wait_until_sync(
             lambda: all(
                 set(shipped(tmp_path).get(cid, [])) >= set(seqs)
@@ -205,13 +220,10 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
             timeout=60,
             what="every line after the restart",
         )
-        wait_until_sync(
-            lambda: scrape(url).get("shipper_worker_restarts_total", worker="0") == 1,
-            what="the restart counted",
-        )
-        wait_until_sync(lambda: scrape(url).get("shipper_ready") == 1, what="ready again")
     finally:
         stop(process, stderr)
+    for cid, seqs in shipped(tmp_path).items():
+        assert sorted(set(seqs)) == containers.written[cid]
 
 
 def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
@@ -227,7 +239,9 @@ def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
         wait_until_sync(
             lambda: len(logged(stderr, "Config reloaded.")) == 2, what="both workers reloading"
         )
-        assert sorted(event["worker"] for event in logged(stderr, "Config reloaded.")) == [0, 1]
+        # The forked worker's lines say which it is; worker 0's say nothing.
+        reloaded = logged(stderr, "Config reloaded.")
+        assert sorted(event.get("worker", 0) for event in reloaded) == [0, 1]
         containers.write(100)
         wait_until_sync(lambda: count(tmp_path) >= containers.total, what="lines after reload")
         assert shipped(tmp_path) == containers.written
@@ -241,5 +255,4 @@ def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
     (tmp_path / "out.ndjson").mkdir()
     process, stderr = start_shipper(tmp_path, write_config(tmp_path, 2), "fatal")
     assert process.wait(timeout=60) == 1, stderr.read_text()
-    assert logged(stderr, "A worker could not start; stopping.")
-    assert not logged(stderr, "Worker started again.")
+    assert logged(stderr, "shipper cannot go on.")

@@ -217,7 +217,8 @@ def test_defaults() -> None:
     assert output.max_in_flight == 1
     assert (output.retry.initial_backoff, output.retry.max_backoff) == (0.5, 30.0)
     assert output.retry.max_attempts == 0
-    assert config.pipeline.max_buffered_bytes == 32 * 1024 * 1024
+    assert config.pipeline.max_buffered_bytes == 16 * 1024 * 1024
+    assert config.pipeline.workers == 1
     assert config.pipeline.shutdown_timeout == 10.0
     assert config.checkpoints == CheckpointConfig(path=None, flush_interval=1.0, on_corrupt="fail")
     assert (config.logging.level, config.logging.format) == ("info", "json")

@@ -145,8 +145,6 @@ def test_the_max_rule_covers_the_age_gauges_and_only_gauges_in_seconds() -> None
 
 
 def test_the_worker_metrics_are_declared() -> None:
-    restarts = DEFINITIONS["shipper_worker_restarts_total"]
-    assert (restarts.kind, restarts.labels) == (Kind.COUNTER, ("worker",))
     workers = DEFINITIONS["shipper_workers"]
     assert (workers.kind, workers.labels) == (Kind.GAUGE, ())
 
@@ -304,7 +302,6 @@ def supervisor() -> Iterator[tuple[MonitoringServer, WorkerBoard, str]]:
     telemetry = Telemetry()  # the supervisor's own
     telemetry.inc("shipper_reloads_total", result="ok")
     telemetry.inc("shipper_log_messages_suppressed_total", 2, level="warning")
-    telemetry.inc("shipper_worker_restarts_total", worker="1")
     telemetry.set("shipper_workers", 2)
     board = WorkerBoard(2)
     monitoring = MonitoringServer(MonitoringConfig(host="127.0.0.1", port=0), telemetry)
@@ -354,7 +351,6 @@ def test_the_supervisor_exports_its_own_series_and_its_workers_combined(
     assert values[(f"{BATCH}_sum", es)] == pytest.approx(400.504)
     # The supervisor's own series, and one it shares with a worker, once: 2 + 3.
     assert values[("shipper_reloads_total", labels(result="ok"))] == 1.0
-    assert values[("shipper_worker_restarts_total", labels(worker="1"))] == 1.0
     assert values[("shipper_workers", ())] == 2.0
     assert text.count('shipper_log_messages_suppressed_total{level="warning"}') == 1
     assert values[("shipper_log_messages_suppressed_total", labels(level="warning"))] == 5.0
