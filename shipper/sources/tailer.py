@@ -241,6 +241,9 @@ class ContainerFollower:
         # Set by the source while a watch of the log root works: every creation, rename and
         # deletion in the directory then comes as a hint, so an idle look need not list it.
         self.watched = False
+        # The last listing could not be completed (Docker was rotating, a file changed under
+        # it): look again at the next chance, watched or not, rather than at the next hint.
+        self._relist = False
         # A backfill (`run --once`): read every generation open at the start to the end it had
         # then, ship a last line without newline as it is, and return; no new generations.
         self._backfill = backfill
@@ -291,6 +294,7 @@ class ContainerFollower:
         self._last_reconcile = time.monotonic()
         if checkpoints is not None and self._handover is not None:
             self._adopt(self._handover.take(self.source, self.directory))
+        self._relist = True  # until a listing is complete
         attempts = _LISTING_ATTEMPTS  # shared by every listing below: a bounded cost per call
         while attempts > 0:
             snapshot, attempts = self._snapshot(attempts)
@@ -298,6 +302,7 @@ class ContainerFollower:
                 break  # Docker kept rotating: what was opened so far is in order; look later
             deferred = self._open_new(snapshot, start_at_end=start_at_end)
             if deferred is not None:
+                self._relist = False
                 self._count_unseen(self._contents(snapshot))
                 # Only a whole, consistent listing may say that a file is gone.
                 present = {key for _, _, key, _ in snapshot}
@@ -679,7 +684,7 @@ class ContainerFollower:
                     await asyncio.sleep(0)
                     if (
                         self._backfill is None
-                        and not self.watched  # then hints list what appears (see hint)
+                        and (not self.watched or self._relist)  # else hints list (see hint)
                         and time.monotonic() - self._last_reconcile > self._settings.poll_interval
                     ):
                         self.reconcile()  # keep pinning new generations while catching up
@@ -1109,7 +1114,7 @@ class ContainerFollower:
             await self._check_lingering()
         self.flush_pending(everything=False)
         await self._pause()
-        if not self.watched:
+        if not self.watched or self._relist:
             # Without a watch, only listing finds a new or renamed generation. With one, the
             # hints list (see hint) and the source still looks at every rescan_interval: a
             # listing and two stats per idle follower four times a second cost 0.4 of a core
@@ -1117,7 +1122,11 @@ class ContainerFollower:
             self.reconcile()
 
     def refresh(self) -> None:
-        """What a look measures (lag, stall, pinned bytes), without listing the directory."""
+        """What a look measures (lag, stall, pinned bytes), without listing the directory
+        unless the last listing was left incomplete."""
+        if self._relist:
+            self.reconcile()
+            return
         self._account_pinned()
         self._measure()
 
