@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -99,32 +100,81 @@ def encode_spliced(group: RecordGroup, indices: Sequence[int]) -> bytes:
     return b"".join(parts)
 
 
-def spliced_lines(
-    group: RecordGroup, indices: Sequence[int], heads: Sequence[bytes] | None = None
-) -> list[bytes]:
-    """`encode_spliced`'s lines as one bytes object each (newline included), after `heads[k]`
-    for the k-th record if given (a sink's action line): for sinks that frame every record.
+@dataclass(frozen=True, slots=True)
+class HeadRun:
+    """A head per record without an object per record: the k-th is `prefix`, then
+    `values[k * width:(k + 1) * width]`, then `suffix` (an action line around each record's id,
+    the ids in one run: shipper.sinks.record_ids.record_id_bytes)."""
 
-    Each line is one `%` format, filled with the record's own values: cheaper than splitting
-    `encode_spliced`'s output and joining each piece to its head, which made the elasticsearch
-    output's encoding the largest cost after decoding (issue 8). Not for processed records
-    (`group.documents`): those are finished lines already.
+    prefix: bytes
+    values: bytes
+    width: int
+    suffix: bytes
+
+    def head(self, k: int) -> bytes:
+        start = k * self.width
+        return self.prefix + self.values[start : start + self.width] + self.suffix
+
+
+def spliced_lines(
+    group: RecordGroup, indices: Sequence[int], heads: Sequence[bytes] | HeadRun | None = None
+) -> list[bytes]:
+    """`encode_spliced`'s lines as one bytes object each (newline included), after the k-th
+    head for the k-th record if given (a sink's action line): for sinks that frame every record.
+
+    Each line is one `%` format, filled with the record's own values (a HeadRun's prefix and
+    suffix are part of the format): cheaper than splitting `encode_spliced`'s output and joining
+    each piece to its head, which made the elasticsearch output's encoding the largest cost
+    after decoding (issue 8). Not for processed records (`group.documents`): those are finished
+    lines already.
     """
     dumps = orjson.dumps
     # The shared bytes become part of the format, so a "%" in them (a path, a label) is escaped.
-    line = (
-        b'%b{"@timestamp":"%b","message":%b%b'
+    document = (
+        b'{"@timestamp":"%b","message":%b%b'
         + _shared_fields(group).replace(b"%", b"%%")
         + b"%d}}\n"
     )
-    if heads is None:
-        heads = [b""] * len(indices)
     timestamps = group.timestamps
     messages = group.messages
     streams = group.streams
     offsets = group.offsets
     stream_fields = _StreamFields(_STREAMS)
     irregular = _irregular(group)
+    if isinstance(heads, HeadRun):
+        line = heads.prefix.replace(b"%", b"%%") + b"%b" + heads.suffix.replace(b"%", b"%%")
+        line += document
+        values = heads.values
+        width = heads.width
+        starts = range(0, width * len(indices), width)
+        if not irregular:
+            return [
+                line
+                % (
+                    values[start : start + width],
+                    timestamps[i].encode(),
+                    dumps(messages[i]),
+                    stream_fields[streams[i]],
+                    offsets[i],
+                )
+                for start, i in zip(starts, indices, strict=True)
+            ]
+        return [
+            heads.head(k) + dumps(build_document(group, i)) + b"\n"
+            if i in irregular
+            else line
+            % (
+                values[k * width : (k + 1) * width],
+                timestamps[i].encode(),
+                dumps(messages[i]),
+                stream_fields[streams[i]],
+                offsets[i],
+            )
+            for k, i in enumerate(indices)
+        ]
+    line = b"%b" + document
+    if heads is None:
+        heads = [b""] * len(indices)
     if not irregular:
         return [
             line

@@ -109,6 +109,18 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
     offsets = group.offsets
     ends = group.ends
     loads = orjson.loads
+    append_message = messages.append
+    append_stream = streams.append
+    append_offset = offsets.append
+    append_end = ends.append
+    append_timestamp = timestamps.append
+    # The joiner's containers change in place: is anything waiting, without two attribute
+    # lookups per line.
+    pending = joiner.pending if joiner is not None else None
+    head_lost = joiner.head_lost if joiner is not None else None
+    # The `YYYY-MM-DDTHH:MM:SS` of the last time found valid: consecutive lines share their
+    # second, so most times need no more than a prefix comparison and a digit check.
+    last_second = "\0"
     position = chunk.start
     lines = chunk.data.split(b"\n")
     if not lines[-1]:
@@ -157,26 +169,39 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
             )
             continue
         index = len(messages)
-        if joiner is not None and (joiner.pending or joiner.head_lost):
+        if pending or head_lost:
+            assert joiner is not None  # noqa: S101 - they are its containers
             partial = joiner.finish(stream, message)
             if partial is not None:
                 append_partial(group, partial, stream, position)
                 continue
             if joiner.take_head_lost(stream):
                 group.flags[index] = (FLAG_PARTIAL_HEAD_LOST,)
-        messages.append(message)
+        append_message(message)
         # orjson makes a new "stdout" for every line: the shared one saves ~55 bytes a record
         # for as long as the record waits in the buffer.
-        streams.append(_STREAMS.get(stream, stream))
-        offsets.append(offset)
-        ends.append(position)
-        timestamp = normalize_time(when) if type(when) is str else None
-        if timestamp is None:
-            timestamps.append(read_time)
-            group.flags[index] = (*group.flags.get(index, ()), FLAG_INVALID_TIME)
-            group.invalid_time += 1
+        append_stream(_STREAMS.get(stream, stream))
+        append_offset(offset)
+        append_end(position)
+        if (
+            type(when) is str
+            and len(when) == 30
+            and when.startswith(last_second)
+            and when[19] == "."
+            and when[29] == "Z"
+            and when.isascii()
+            and when[20:29].isdigit()
+        ):
+            append_timestamp(when)  # what normalize_time returns as it is, in a real second
         else:
-            timestamps.append(timestamp)
+            timestamp = normalize_time(when) if type(when) is str else None
+            if timestamp is None:
+                append_timestamp(read_time)
+                group.flags[index] = (*group.flags.get(index, ()), FLAG_INVALID_TIME)
+                group.invalid_time += 1
+            else:
+                append_timestamp(timestamp)
+                last_second = timestamp[:19]
         attrs = entry.get("attrs")
         if attrs and type(attrs) is dict:
             group.attrs[index] = {str(k): str(v) for k, v in attrs.items()}

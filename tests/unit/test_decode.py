@@ -142,6 +142,37 @@ def test_time_out_of_range_after_offset_is_invalid_not_a_crash(edge: str) -> Non
     assert group.invalid_time == 1
 
 
+def test_times_in_a_row_are_what_normalize_time_makes_of_each() -> None:
+    """The decoder checks a time that shares the previous valid one's second with a prefix
+    comparison: whatever follows a valid time, the result is normalize_time's."""
+    second = "2024-05-06T07:08:09"
+    times: list[object] = [
+        f"{second}.123456789Z",
+        f"{second}.000000001Z",  # same second: the short path
+        f"{second}.12345678٩Z",  # an Arabic-Indic digit: isdigit() but not a time
+        f"{second}.123456789+00:00",  # an offset, 30 characters too
+        f"{second}.1234567890",  # ten digits, no zone
+        f"{second}.12345678 Z",
+        f"{second}Z",
+        "2024-02-30T07:08:09.123456789Z",  # no such day, after a valid time
+        "2024-05-06T07:08:10.123456789Z",  # the next second
+        "2024-05-06T07:08:10.999999999Z",
+        f"{second}.123456789z",
+        42,
+        None,
+    ]
+    data = b"".join(entry(f"line {n}\n", time=time) + b"\n" for n, time in enumerate(times))
+    group = decode(data)
+    expected = [
+        (normalize_time(time) if isinstance(time, str) else None) or READ_TIME for time in times
+    ]
+    assert group.timestamps == expected
+    invalid = [
+        n for n, time in enumerate(times) if not isinstance(time, str) or not normalize_time(time)
+    ]
+    assert sorted(n for n, flags in group.flags.items() if FLAG_INVALID_TIME in flags) == invalid
+
+
 def test_format_time_ns_matches_normalized_form() -> None:
     assert format_time_ns(1_715_000_000_000_000_042) == "2024-05-06T12:53:20.000000042Z"
     assert format_time_ns(0) == "1970-01-01T00:00:00.000000000Z"

@@ -15,7 +15,7 @@ import pytest
 
 from shipper.config import ElasticsearchOutputConfig
 from shipper.model import Batch, Chunk, Enrichment, LogFile, RecordGroup
-from shipper.sinks.ecs import _ESCAPED, encode_plain, encode_spliced, spliced_lines
+from shipper.sinks.ecs import _ESCAPED, HeadRun, encode_plain, encode_spliced, spliced_lines
 from shipper.sinks.elasticsearch import ElasticsearchSink
 from shipper.sinks.record_ids import record_id_bytes, record_ids
 from shipper.sources.docker_json import decode_chunk
@@ -146,6 +146,16 @@ def test_spliced_documents_and_ids_equal_the_plain_path(seed: int) -> None:
     heads = [hostile_string(rng).encode() for _ in indices]
     assert spliced_lines(group, indices, heads) == [
         head + encode_plain(group, [index]) for head, index in zip(heads, indices, strict=True)
+    ]
+    width = rng.randint(1, 4)
+    run = HeadRun(
+        hostile_string(rng).encode() + b"%s%",
+        bytes(rng.randrange(256) for _ in range(width * len(indices))),  # a value per record
+        width,
+        b"%d%%" + hostile_string(rng).encode(),
+    )
+    assert spliced_lines(group, indices, run) == [
+        run.head(k) + encode_plain(group, [index]) for k, index in enumerate(indices)
     ]
     assert record_ids(group, indices) == [reference_id(group, index) for index in indices]
     assert record_id_bytes(group, indices).decode() == "".join(record_ids(group, indices))
