@@ -66,7 +66,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-buffered",
         metavar="SIZE",
-        help="pipeline.max_buffered_bytes, e.g. 32MiB (default: shipper's, 64MiB)",
+        help="pipeline.max_buffered_bytes, e.g. 32MiB (default: shipper's, 16MiB)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="4 containers, 20,000 lines, 3 s stall: does it work?"
@@ -86,6 +86,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not read the accepted documents back (every seq once, _ids unique)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the spool and state")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="pipeline.workers (default: %(default)s)"
+    )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
     )
@@ -114,7 +117,14 @@ def _run(args: argparse.Namespace) -> int:
     shutil.rmtree(state, ignore_errors=True)
 
     sink = TimedBulkSink(generated.lines, None if args.no_verify else spool, stall=args.stall_mode)
-    write_config(config, root=root, url=sink.url, state=state, max_buffered=args.max_buffered)
+    write_config(
+        config,
+        root=root,
+        url=sink.url,
+        state=state,
+        max_buffered=args.max_buffered,
+        workers=args.workers,
+    )
     print(
         f"running: {sys.executable} -m shipper run --config {config}  "
         f"(sink stalled with {args.stall_mode} for {args.stall:g} s after the first _bulk)",
@@ -215,7 +225,7 @@ def _rows(
             (mib(at_release[-1].pss_kib) if at_release else "-")
             + (
                 f"; shipper_buffered_bytes {buffered / 2**20:.1f} MiB "
-                f"(max_buffered_bytes {args.max_buffered or '64MiB, the default'})"
+                f"(max_buffered_bytes {args.max_buffered or '16MiB, the default'})"
                 if buffered is not None
                 else ""
             ),

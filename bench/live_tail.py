@@ -147,6 +147,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs, spool and state")
     parser.add_argument(
+        "--workers", type=int, default=1, help="pipeline.workers (default: %(default)s)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
     )
     add_profile_argument(parser)
@@ -188,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if not conn.poll(300) or conn.recv() != "ready":
             raise SystemExit("the writer did not get ready")
-        write_config(config, root=root, url=sink.url, state=state)
+        write_config(config, root=root, url=sink.url, state=state, workers=args.workers)
         print(
             f"running: {sys.executable} -m shipper run --config {config}  "
             f"({args.containers} containers, {args.rate:,.0f} lines/s for {args.duration:g} s)",

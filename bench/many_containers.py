@@ -59,7 +59,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-buffered",
         metavar="SIZE",
-        help="pipeline.max_buffered_bytes, e.g. 16MiB (default: shipper's, 64MiB)",
+        help="pipeline.max_buffered_bytes, e.g. 16MiB (default: shipper's, 16MiB)",
     )
     parser.add_argument(
         "--idle",
@@ -76,6 +76,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--poll", type=float, default=0.1, help="seconds between samples (%(default)s)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the spool and state")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="pipeline.workers (default: %(default)s)"
+    )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
     )
@@ -97,7 +100,14 @@ def _run(args: argparse.Namespace) -> int:
     shutil.rmtree(state, ignore_errors=True)
 
     sink = TimedBulkSink(generated.lines, spool)
-    write_config(config, root=root, url=sink.url, state=state, max_buffered=args.max_buffered)
+    write_config(
+        config,
+        root=root,
+        url=sink.url,
+        state=state,
+        max_buffered=args.max_buffered,
+        workers=args.workers,
+    )
     soft = args.open_files_soft or None
     print(
         f"running: {sys.executable} -m shipper run --config {config}  "
@@ -177,7 +187,7 @@ def _rows(
         (
             "output",
             "elasticsearch, gzip off, loopback bulk sink; max_buffered_bytes "
-            + (args.max_buffered or "64MiB (the default)"),
+            + (args.max_buffered or "16MiB (the default)"),
         ),
         (
             "start -> 'shipper started.'",

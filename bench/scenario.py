@@ -152,13 +152,24 @@ class TimedBulkSink(FastBulkSink):
 
 
 def write_config(
-    path: Path, *, root: Path, url: str, state: Path, max_buffered: str | None = None
+    path: Path,
+    *,
+    root: Path,
+    url: str,
+    state: Path,
+    max_buffered: str | None = None,
+    workers: int = 1,
 ) -> None:
     """es_output.py's config (defaults but for the paths), monitoring on any free port, and
-    `pipeline.max_buffered_bytes` if given (e.g. "32MiB")."""
+    `pipeline.max_buffered_bytes` (e.g. "32MiB") and `pipeline.workers` if given."""
     extra = MONITORING_ANY_PORT
+    pipeline = ""
     if max_buffered is not None:
-        extra += f"pipeline:\n  max_buffered_bytes: {orjson.dumps(max_buffered).decode()}\n"
+        pipeline += f"  max_buffered_bytes: {orjson.dumps(max_buffered).decode()}\n"
+    if workers != 1:
+        pipeline += f"  workers: {workers}\n"
+    if pipeline:
+        extra += "pipeline:\n" + pipeline
     write_es_config(path, root=root, url=url, state=state, gzip_level=None, extra=extra)
 
 
