@@ -5,12 +5,25 @@ outcome. Byte ranges are registered in file order before they enter the pipeline
 Ticket that may be held by several parties (every record group that covers part of it). When a
 ticket's last hold is released and every earlier ticket of its file is settled too, the file's
 settled offset advances and that file's `on_advance` callback is told.
+
+A record can span files (a line Docker split across a rotation): its first part in file N, the
+rest in N+1. A restart reads each file again from its checkpoint, and joins parts only as they
+are read, so the two checkpoints must send it back to both halves or to neither. N's checkpoint
+may stay before the first part after the record settled (something earlier in N has no outcome
+yet); N+1's must then stay before the rest too, or the first part, read again, would wait for a
+rest that is never read again and be joined to whatever line of its stream comes next. So the
+holds a record takes in later files are kept after it settles, until the file it starts in has
+settled past its first part (`after_head`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shipper.model import Hold
 
 
 class Ticket:
@@ -66,10 +79,42 @@ class TailHold:
         ticket._release_tail(self)
 
 
+def after_head(hold: Hold, head: Hold) -> Hold:
+    """`hold`, a record's hold in a later file than the one it starts in, made to outlast the
+    record: released, it keeps its range held until the file of `head` (the record's tail hold
+    where it starts) has settled past `head`'s offset, or is no longer tracked.
+
+    Without that, N+1's checkpoint could pass the rest of a line whose first part N's checkpoint
+    has not passed, and a restart would read that first part again without its rest (see the
+    module docstring). Returns `hold` itself when `head` is not a tail hold of this tracker.
+    """
+    if not isinstance(head, TailHold) or head.ticket is None:
+        return hold
+    return _AfterHead(hold, head.ticket._lane, head.offset)
+
+
+class _AfterHead:
+    """See `after_head`: released once, by the record; lets `hold` go when the head's file
+    has settled past `offset`."""
+
+    __slots__ = ("_hold", "_lane", "_offset")
+
+    def __init__(self, hold: Hold, lane: _Lane, offset: int) -> None:
+        self._hold: Hold | None = hold
+        self._lane = lane
+        self._offset = offset
+
+    def release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is None:
+            raise RuntimeError("hold released twice")
+        self._lane.release_when_past(self._offset, hold)
+
+
 class _Lane:
     """The tickets of one file identity, oldest first."""
 
-    __slots__ = ("detached", "key", "offset", "on_advance", "tickets")
+    __slots__ = ("detached", "key", "offset", "on_advance", "tickets", "waiting")
 
     def __init__(self, key: str, offset: int, on_advance: Callable[[int], None]) -> None:
         self.key = key
@@ -77,6 +122,21 @@ class _Lane:
         self.tickets: deque[Ticket] = deque()
         self.on_advance = on_advance
         self.detached = False
+        # Holds in later files to release once the settled offset is past theirs (after_head).
+        self.waiting: list[tuple[int, Hold]] = []
+
+    def release_when_past(self, offset: int, hold: Hold) -> None:
+        """Release `hold` once this file has settled past `offset` (now, if it has)."""
+        if self.detached or self.offset > offset:
+            hold.release()
+        else:
+            self.waiting.append((offset, hold))
+
+    def detach(self) -> None:
+        """No longer this file's lane (forgotten, or its file started over): nothing it holds
+        back can be read again from it, so what waits for it goes."""
+        self.detached = True
+        self._release_waiting()
 
     def advance(self) -> None:
         moved = False
@@ -93,6 +153,21 @@ class _Lane:
                 moved = True
         if moved and not self.detached:
             self.on_advance(self.offset)
+        if moved and self.waiting:
+            self._release_waiting()
+
+    def _release_waiting(self) -> None:
+        # Taken off the list before any release: a release moves another file's lane, whose
+        # callbacks may come back here.
+        if self.detached:
+            ready, self.waiting = self.waiting, []
+        else:
+            ready = [entry for entry in self.waiting if entry[0] < self.offset]
+            if not ready:
+                return
+            self.waiting = [entry for entry in self.waiting if entry[0] >= self.offset]
+        for _, hold in ready:
+            hold.release()
 
 
 class AckTracker:
@@ -111,7 +186,7 @@ class AckTracker:
         """
         old = self._lanes.get(key)
         if old is not None:
-            old.detached = True
+            old.detach()
         self._lanes[key] = _Lane(key, offset, on_advance)
 
     def register(self, key: str, end: int) -> Ticket:
@@ -133,7 +208,7 @@ class AckTracker:
         """Stop tracking a file (closed and drained); late releases are ignored."""
         lane = self._lanes.pop(key, None)
         if lane is not None:
-            lane.detached = True
+            lane.detach()
 
     def tracked(self) -> list[str]:
         return list(self._lanes)

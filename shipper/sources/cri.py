@@ -124,7 +124,7 @@ def decode_cri_chunk(  # noqa: PLR0912, PLR0915
             valid_utf8 = False
         index = len(messages)
         if joiner is not None and (joiner.pending or joiner.head_lost):
-            partial = joiner.finish(stream, message)
+            partial = joiner.finish(stream, message, file=chunk.file, offset=offset, hold=hold)
             if partial is not None:
                 append_partial(group, partial, stream, position)
                 if not valid_utf8:

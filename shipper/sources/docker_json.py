@@ -171,7 +171,7 @@ def decode_chunk(  # noqa: PLR0912, PLR0915
         index = len(messages)
         if pending or head_lost:
             assert joiner is not None  # noqa: S101 - they are its containers
-            partial = joiner.finish(stream, message)
+            partial = joiner.finish(stream, message, file=chunk.file, offset=offset, hold=hold)
             if partial is not None:
                 append_partial(group, partial, stream, position)
                 continue

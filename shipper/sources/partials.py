@@ -4,7 +4,9 @@ Docker writes a line longer than 16 KiB as several entries whose `log` has no tr
 the last part has it, and every part carries the same `time` (DESIGN.md §4). Nothing else marks a
 part, so a part waits here until its stream's next entry with a newline, a flush timeout, or a
 size cap. One joiner serves all of a container's files, so a line split across a rotation is
-joined too; the byte ranges of every part stay held until the joined record settles.
+joined too; the byte ranges of every part stay held until the joined record settles, and in
+the files after the first one until that first file's checkpoint has passed the line's start
+(shipper.pipeline.acks.after_head): a restart reads both halves of such a line again, or neither.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shipper.model import Hold, LogFile, RangeClaim, RecordGroup
+from shipper.pipeline.acks import after_head
 
 FLAG_TRUNCATED = "truncated"
 FLAG_PARTIAL_HEAD_LOST = "partial_head_lost"
@@ -35,6 +38,7 @@ class Partial:
     head_lost: bool = False
     holds: list[Hold] = field(default_factory=list)
     held_in: str = ""  # handle of the file the last of `holds` is in
+    head: Hold | None = None  # the hold in `file`, from `offset`: the first of `holds`
 
 
 class PartialJoiner:
@@ -87,14 +91,32 @@ class PartialJoiner:
         if hold is not None and partial.held_in != file.handle:
             # One hold per file suffices: a file's checkpoint moves in order, so holding from
             # the first part in it keeps every later part of it unsettled too.
-            partial.holds.append(hold.hold_from(offset))
-            partial.held_in = file.handle
+            _hold_in(partial, file, offset, hold)
 
-    def finish(self, stream: str, text: str) -> Partial | None:
-        """The part with the newline arrived: the whole line, or None if nothing was pending."""
+    def finish(
+        self,
+        stream: str,
+        text: str,
+        *,
+        file: LogFile | None = None,
+        offset: int = 0,
+        hold: RangeClaim | None = None,
+    ) -> Partial | None:
+        """The part with the newline arrived: the whole line, or None if nothing was pending.
+
+        Given the part's `file`, entry `offset` and chunk `hold`: when it is the line's first
+        entry in a later file than the line's start, that file stays held from it until the
+        line's first file has settled past its start, as for a part (`add`)."""
         partial = self.pending.pop(stream, None)
         if partial is not None:
             self._append(partial, text)
+            if (
+                hold is not None
+                and file is not None
+                and partial.head is not None
+                and partial.held_in != file.handle
+            ):
+                _hold_in(partial, file, offset, hold)
         return partial
 
     def take_head_lost(self, stream: str) -> bool:
@@ -131,6 +153,22 @@ class PartialJoiner:
             size = room
         partial.parts.append(text)
         partial.size += size
+
+
+def _hold_in(partial: Partial, file: LogFile, offset: int, hold: RangeClaim) -> None:
+    """Hold `file` from `offset`, the first entry of `partial` in it. In a later file than the
+    line's first, the hold outlasts the joined record until the first file's checkpoint has
+    passed the line's start: else a restart could read the first part again (that checkpoint
+    held back by something before it) but not this one (this file's checkpoint gone past it),
+    and join the first part to the next line of its stream, shipping that line a second time."""
+    tail = hold.hold_from(offset)
+    if partial.head is None:
+        if file.handle == partial.file.handle:
+            partial.head = tail
+    else:
+        tail = after_head(tail, partial.head)
+    partial.holds.append(tail)
+    partial.held_in = file.handle
 
 
 def joined_text(partial: Partial) -> str:
