@@ -9,7 +9,10 @@ shared by every container that uses them; a `MultilineJoiner` holds one containe
 Records stay columns of a RecordGroup (DESIGN.md §2): a record of one line in one group is just
 its index, and only records of several lines, or records carried over from an earlier group, get
 an object. A record left open at the end of a group keeps its bytes held (`RangeClaim.hold_from`
-at its first line in each file it spans) until the group it is finally shipped in settles.
+at its first line in each file it spans) until the group it is finally shipped in settles; in
+the files after the first one, until that first file's checkpoint has passed the record's start
+too (shipper.pipeline.acks.after_head): a restart reads every line of a record that spans a
+rotation again, or none of them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TypeVar
 
 from shipper.config import MULTILINE_PRESETS, ContainerMatch, MultilineConfig, MultilineParserConfig
 from shipper.model import Hold, LogFile, RangeClaim, RecordGroup
+from shipper.pipeline.acks import after_head
 from shipper.processing.metadata import matches_globs
 
 log = logging.getLogger(__name__)
@@ -359,6 +363,7 @@ class _Pending:
         "attrs",
         "end",
         "file",
+        "first_hold",
         "flags",
         "held_in",
         "holds",
@@ -386,6 +391,7 @@ class _Pending:
         self.seq = seq  # position of the first line in arrival order: orders the records
         self.holds: list[Hold] = []
         self.held_in = ""  # handle of the file the last of `holds` is in
+        self.first_hold: Hold | None = None  # the hold in `file`, from the record's start
         # Trailing lines that belong to the record only if a later line continues it.
         self.tentative: list[_Pending] = []
 
@@ -566,7 +572,7 @@ class MultilineJoiner:
                 stream.slot = -1
         waiting, taken = self._carry_open(group, order, split, claim, now)
         if joined or split:
-            return self._output(group, order, split, waiting)
+            return self._output(group, order, split, waiting, claim)
         # No line joined another: this group's lines are its records but those left open.
         return self._output_lines(
             group,
@@ -703,7 +709,7 @@ class MultilineJoiner:
             stream.last = now
             waiting.append(head)
             if claim is not None and head.held_in != group.file.handle:
-                _hold(head, group, claim, first)
+                _hold(head, group, claim, first, into=head.holds)
         return waiting, taken
 
     def _output(
@@ -712,6 +718,7 @@ class MultilineJoiner:
         order: list[int | _Record | None],
         split: set[int],
         waiting: list[_Pending],
+        claim: RangeClaim | None,
     ) -> RecordGroup:
         """The group of the records completed in `group`, in order of their first line."""
         out = RecordGroup(
@@ -744,7 +751,7 @@ class MultilineJoiner:
             if record is None:
                 continue
             if not isinstance(record, int):
-                _append_joined(out, group, record, split=place in split)
+                _append_joined(out, group, record, split=place in split, claim=claim)
                 continue
             index = len(out_messages)
             out_messages.append(messages[record])
@@ -844,10 +851,18 @@ def _pass_on(held: list[Hold], out: RecordGroup, waiting: list[_Pending]) -> Non
             pending.holds.append(shared)
 
 
-def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, split: bool) -> None:
+def _append_joined(
+    out: RecordGroup,
+    group: RecordGroup,
+    record: _Record,
+    *,
+    split: bool,
+    claim: RangeClaim | None = None,
+) -> None:
     """Append a record of several lines (or one carried from an earlier group) to `out`: the
     lines joined with newlines; time, offset, attrs and file of the first; the end of the last;
-    every line's flags."""
+    every line's flags. A carried record that ends in a later file than the one it began in
+    holds this group's range (`claim`) from its first line here, as an open one would (_hold)."""
     index = len(out.messages)
     messages, flags = group.messages, group.flags
     more = record.more
@@ -877,6 +892,13 @@ def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, spl
             out.heads[index] = head.file
         joined.extend(head.flags)
         out.held.extend(head.holds)
+        if (
+            claim is not None
+            and more
+            and head.first_hold is not None
+            and head.held_in != group.file.handle
+        ):
+            _hold(head, group, claim, more[0], into=out.held)
     if flags:
         for line in more:
             if line in flags:
@@ -887,20 +909,35 @@ def _append_joined(out: RecordGroup, group: RecordGroup, record: _Record, *, spl
         out.flags[index] = tuple(joined)
 
 
-def _hold(record: _Pending, group: RecordGroup, claim: RangeClaim, first: int) -> None:
-    """Keep `group`'s range held from the open record's first line in it.
+def _hold(
+    record: _Pending, group: RecordGroup, claim: RangeClaim, first: int, *, into: list[Hold]
+) -> None:
+    """Keep `group`'s range held from the record's first line in it: the hold goes `into` the
+    record's holds (it stays open) or its output group's (it ships in that group).
 
     One hold per file suffices: a file's checkpoint moves in order, so holding from the
     record's first line in it keeps every later line of it unsettled too. A line rejoined from
     parts that began in an earlier chunk or file holds from this chunk's start; its earlier
     parts stay held by the holds the group came with (see _pass_on).
+
+    In a later file than the record's first, the hold outlasts the record until the first
+    file's checkpoint has passed the record's start (after_head): else a restart could read the
+    record's first lines again (that checkpoint held back by something before them) but not its
+    later ones (this file's checkpoint gone past them), and ship a truncated second copy.
     """
     offset = group.offsets[first]
     if offset < group.start or (group.heads and first in group.heads):
         offset = group.start
-    if offset < group.end:
-        record.holds.append(claim.hold_from(offset))
-        record.held_in = group.file.handle
+    if offset >= group.end:
+        return
+    hold = claim.hold_from(offset)
+    if record.first_hold is None:
+        if group.file.handle == record.file.handle:
+            record.first_hold = hold
+    else:
+        hold = after_head(hold, record.first_hold)
+    into.append(hold)
+    record.held_in = group.file.handle
 
 
 def _move(sparse: dict[int, _V], target: dict[int, _V], gone: list[int], shift: int) -> None:
