@@ -213,7 +213,6 @@ class App:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order; ShipperError if it cannot start."""
         self.store.load(first_start=self._first_start)
-        self._first_start = None  # a reload's App is no first start, nor is a restart's
         if self.store.set_aside_path is not None:
             log.error(
                 "Checkpoint file was corrupt; set it aside and started fresh.",

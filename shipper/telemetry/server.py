@@ -229,13 +229,6 @@ class MonitoringServer:
         started = app is not None and app.started.is_set()
         return WorkerReport(worker, samples, histograms, self.readiness(), started)
 
-    def sockets(self) -> list[int]:
-        """The file descriptors of the listening socket and of the connections served now: a
-        forked worker closes its copies, or a client would not see its connection end until
-        that worker exits, and the port would stay bound while any worker lives."""
-        server = self._server
-        return server.descriptors() if isinstance(server, _Server) else []
-
     def stop(self) -> None:
         """Stop listening."""
         if self._heartbeat is not None:
@@ -384,28 +377,6 @@ class _Server(ThreadingMixIn, WSGIServer):
     scraper does not hold up the kubelet's probes."""
 
     daemon_threads = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # The connections being served, for descriptors(): accepted on the serving thread,
-        # closed on their own.
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def descriptors(self) -> list[int]:
-        with self._connections_lock:
-            connections = [c.fileno() for c in self._connections]
-        return [self.socket.fileno(), *(fd for fd in connections if fd >= 0)]
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:

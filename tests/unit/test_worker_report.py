@@ -390,16 +390,6 @@ def test_the_supervisor_probes_answer_from_the_board(
     assert fetch(f"{url}/readyz")[0] == 503
 
 
-def test_sockets_names_the_listening_socket_for_a_fork_to_close(
-    supervisor: tuple[MonitoringServer, WorkerBoard, str],
-) -> None:
-    monitoring, _, _ = supervisor
-    assert monitoring._server is not None
-    assert monitoring.sockets() == [monitoring._server.socket.fileno()]
-    monitoring.stop()
-    assert monitoring.sockets() == []
-
-
 # --- a worker's side -----------------------------------------------------------------------------
 
 
@@ -435,7 +425,6 @@ async def test_a_worker_listens_nowhere_and_reports_its_series_and_readiness(
     monitoring.start()
     try:
         assert monitoring.port is None
-        assert monitoring.sockets() == []
         assert logged == []  # neither "listening" nor "disabled": the supervisor says that
         # The heartbeat runs on this loop: not "no event loop is watched", just not started.
         early = monitoring.report(3)
