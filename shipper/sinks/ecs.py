@@ -111,10 +111,6 @@ class HeadRun:
     width: int
     suffix: bytes
 
-    def head(self, k: int) -> bytes:
-        start = k * self.width
-        return self.prefix + self.values[start : start + self.width] + self.suffix
-
 
 def spliced_lines(
     group: RecordGroup, indices: Sequence[int], heads: Sequence[bytes] | HeadRun | None = None
@@ -135,64 +131,41 @@ def spliced_lines(
         + _shared_fields(group).replace(b"%", b"%%")
         + b"%d}}\n"
     )
+    # Each record's head is `prefix`, its own value, then `suffix`: with a HeadRun the two ends
+    # are part of the format, and the value is the record's slice of the run.
+    if isinstance(heads, HeadRun):
+        prefix, suffix, width = heads.prefix, heads.suffix, heads.width
+        values: Sequence[bytes] = [
+            heads.values[start : start + width] for start in range(0, width * len(indices), width)
+        ]
+    else:
+        prefix = suffix = b""
+        values = heads if heads is not None else [b""] * len(indices)
+    line = prefix.replace(b"%", b"%%") + b"%b" + suffix.replace(b"%", b"%%") + document
     timestamps = group.timestamps
     messages = group.messages
     streams = group.streams
     offsets = group.offsets
     stream_fields = _StreamFields(_STREAMS)
     irregular = _irregular(group)
-    if isinstance(heads, HeadRun):
-        line = heads.prefix.replace(b"%", b"%%") + b"%b" + heads.suffix.replace(b"%", b"%%")
-        line += document
-        values = heads.values
-        width = heads.width
-        starts = range(0, width * len(indices), width)
-        if not irregular:
-            return [
-                line
-                % (
-                    values[start : start + width],
-                    timestamps[i].encode(),
-                    dumps(messages[i]),
-                    stream_fields[streams[i]],
-                    offsets[i],
-                )
-                for start, i in zip(starts, indices, strict=True)
-            ]
-        return [
-            heads.head(k) + dumps(build_document(group, i)) + b"\n"
-            if i in irregular
-            else line
-            % (
-                values[k * width : (k + 1) * width],
-                timestamps[i].encode(),
-                dumps(messages[i]),
-                stream_fields[streams[i]],
-                offsets[i],
-            )
-            for k, i in enumerate(indices)
-        ]
-    line = b"%b" + document
-    if heads is None:
-        heads = [b""] * len(indices)
     if not irregular:
         return [
             line
             % (
-                head,
+                value,
                 timestamps[i].encode(),
                 dumps(messages[i]),
                 stream_fields[streams[i]],
                 offsets[i],
             )
-            for head, i in zip(heads, indices, strict=True)
+            for value, i in zip(values, indices, strict=True)
         ]
     return [
-        head + dumps(build_document(group, i)) + b"\n"
+        prefix + value + suffix + dumps(build_document(group, i)) + b"\n"
         if i in irregular
         else line
-        % (head, timestamps[i].encode(), dumps(messages[i]), stream_fields[streams[i]], offsets[i])
-        for head, i in zip(heads, indices, strict=True)
+        % (value, timestamps[i].encode(), dumps(messages[i]), stream_fields[streams[i]], offsets[i])
+        for value, i in zip(values, indices, strict=True)
     ]
 
 

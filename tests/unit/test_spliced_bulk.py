@@ -155,7 +155,11 @@ def test_spliced_documents_and_ids_equal_the_plain_path(seed: int) -> None:
         b"%d%%" + hostile_string(rng).encode(),
     )
     assert spliced_lines(group, indices, run) == [
-        run.head(k) + encode_plain(group, [index]) for k, index in enumerate(indices)
+        run.prefix
+        + run.values[k * width : (k + 1) * width]
+        + run.suffix
+        + encode_plain(group, [index])
+        for k, index in enumerate(indices)
     ]
     assert record_ids(group, indices) == [reference_id(group, index) for index in indices]
     assert record_id_bytes(group, indices).decode() == "".join(record_ids(group, indices))
