@@ -19,15 +19,14 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
-from file_output import DEFAULT_OUT, _count_levels, prepare_input
+from file_output import _count_levels, prepare_input
 from generate import GeneratedRoot
 from scenario import (
     Deliveries,
     ShipperProcess,
     TimedBulkSink,
-    add_profile_argument,
+    add_run_arguments,
     analyse,
     conclude,
     mib,
@@ -78,21 +77,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds from start to the last document (default: %(default)s)",
     )
     parser.add_argument(
-        "--poll", type=float, default=0.2, help="seconds between samples (%(default)s)"
-    )
-    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="do not read the accepted documents back (every seq once, _ids unique)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the spool and state")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="pipeline.workers (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
-    )
-    add_profile_argument(parser)
+    add_run_arguments(parser, poll=0.2)
     args = parser.parse_args(argv)
     if args.quick:
         args.containers, args.lines, args.stall = 4, 20_000, 3.0

@@ -42,6 +42,7 @@ from file_output import (
     _table,
     _tree,
     add_input_arguments,
+    add_workers_argument,
     conclude,
     parse_input_arguments,
     prepare_input,
@@ -536,13 +537,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not keep the request bodies to check every seq and _id after the run",
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="pipeline.workers: processes that each ship a share of the containers "
-        "(default: %(default)s)",
-    )
+    add_workers_argument(parser)
     return parse_input_arguments(parser, argv)
 
 

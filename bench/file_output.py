@@ -370,6 +370,17 @@ def _count_levels(log_path: Path) -> dict[str, int]:
     return counts
 
 
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """`--workers N`: the config's `pipeline.workers` (processes sharing the containers)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pipeline.workers: processes that each ship a share of the containers "
+        "(default: %(default)s)",
+    )
+
+
 def add_input_arguments(parser: argparse.ArgumentParser, *, keep_help: str) -> None:
     """The options every bench of a generated Docker root takes (es_output.py uses them too)."""
     parser.add_argument("--containers", type=int, default=20, help="default: %(default)s")

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from file_output import DEFAULT_OUT, _count_levels
+from file_output import _count_levels
 from generate import GeneratedContainer, GeneratedRoot
 from scenario import (
     Deliveries,
     ShipperProcess,
     TimedBulkSink,
-    add_profile_argument,
+    add_run_arguments,
     analyse,
     conclude,
     mib,
@@ -142,17 +142,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30,
         help="seconds after the writing for the last lines to arrive (%(default)s)",
     )
-    parser.add_argument(
-        "--poll", type=float, default=0.2, help="seconds between samples (%(default)s)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the logs, spool and state")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="pipeline.workers (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
-    )
-    add_profile_argument(parser)
+    add_run_arguments(parser, poll=0.2, keep_help="keep the logs, spool and state")
     args = parser.parse_args(argv)
     if args.quick:
         args.containers, args.rate, args.duration = 4, 1_000, 3

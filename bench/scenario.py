@@ -31,7 +31,16 @@ from typing import Literal
 import orjson
 from es_output import BulkChecker, FastBulkSink, _pairs
 from es_output import write_config as write_es_config
-from file_output import _cpu_s, _machine, _pss_kib, _stop, _table, _tree
+from file_output import (
+    DEFAULT_OUT,
+    _cpu_s,
+    _machine,
+    _pss_kib,
+    _stop,
+    _table,
+    _tree,
+    add_workers_argument,
+)
 from file_output import conclude as conclude_report
 from generate import GeneratedRoot
 
@@ -412,6 +421,22 @@ def shipper_row() -> tuple[str, str]:
 
 def mib(kib: int) -> str:
     return f"{kib / 1024:,.1f} MiB"
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, poll: float, keep_help: str = "keep the spool and state"
+) -> None:
+    """What every scenario run takes after its own options: --poll, --keep, --workers, --out,
+    --profile."""
+    parser.add_argument(
+        "--poll", type=float, default=poll, help="seconds between samples (%(default)s)"
+    )
+    parser.add_argument("--keep", action="store_true", help=keep_help)
+    add_workers_argument(parser)
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="working directory (default: bench/out)"
+    )
+    add_profile_argument(parser)
 
 
 def add_profile_argument(parser: argparse.ArgumentParser) -> None:
