@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -56,8 +57,8 @@ def _console_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink
 
 
 def _elasticsearch_sink(name: str, config: OutputConfig, telemetry: Telemetry) -> Sink:
-    # Imported here: the Elasticsearch client takes a while to import, and most configs
-    # without this output never need it.
+    # Imported here (see OUTPUT_MODULES): the Elasticsearch client takes a while to import,
+    # and most configs without this output never need it.
     from shipper.sinks.elasticsearch import ElasticsearchSink  # noqa: PLC0415
 
     assert isinstance(config, ElasticsearchOutputConfig)  # noqa: S101 - the registry key guarantees it
@@ -81,6 +82,23 @@ SINKS: dict[str, SinkFactory] = {
     "elasticsearch": _elasticsearch_sink,
     "splunk_hec": _splunk_hec_sink,
 }
+
+
+# The modules an output type imports when its first sink is built, rather than with this one.
+OUTPUT_MODULES: dict[str, str] = {
+    "elasticsearch": "shipper.sinks.elasticsearch",
+    "splunk_hec": "shipper.sinks.splunk_hec",
+}
+
+
+def import_outputs(config: Config) -> None:
+    """Import now what the configured outputs will: worker 0 does before it forks the others
+    (shipper.workers), so they share these pages rather than each importing its own copy (the
+    Elasticsearch client alone is about 25 MiB)."""
+    for output in config.outputs.values():
+        module = OUTPUT_MODULES.get(output.type)
+        if module is not None:
+            importlib.import_module(module)
 
 
 def build_sender(

@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NoReturn
 
+from shipper.app import import_outputs
 from shipper.checkpoints import CheckpointStore
 from shipper.config import Config
 from shipper.errors import ShipperError
@@ -59,6 +60,7 @@ def supervise(config: Config, path: Path | None) -> int:
         log.error("shipper cannot go on.", extra={"error": str(exc)})
         return EXIT_FATAL
     count = config.pipeline.workers
+    import_outputs(config)
     # The workers are forks: what this process imported is shared with them as long as
     # nothing writes to it. The collector would (it marks every object it traces); frozen,
     # it leaves the imported objects alone in every process.
