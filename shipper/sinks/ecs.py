@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from shipper.model import Batch, RecordGroup
+from shipper.sinks import record_ids
 
 _STREAMS = {
     "stdout": b',"stream":"stdout"',
@@ -101,28 +102,25 @@ def encode_spliced(group: RecordGroup, indices: Sequence[int]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class HeadRun:
-    """A head per record without an object per record: the k-th is `prefix`, then
-    `values[k * width:(k + 1) * width]`, then `suffix` (an action line around each record's id,
-    the ids in one run: shipper.sinks.record_ids.record_id_bytes)."""
+class IdHead:
+    """A head per record made of its id: `prefix`, the record's id (record_ids), then `suffix`
+    (an action line around the id)."""
 
     prefix: bytes
-    values: bytes
-    width: int
     suffix: bytes
 
 
 def spliced_lines(
-    group: RecordGroup, indices: Sequence[int], heads: Sequence[bytes] | HeadRun | None = None
+    group: RecordGroup, indices: Sequence[int], heads: Sequence[bytes] | IdHead | None = None
 ) -> list[bytes]:
     """`encode_spliced`'s lines as one bytes object each (newline included), after the k-th
     head for the k-th record if given (a sink's action line): for sinks that frame every record.
 
-    Each line is one `%` format, filled with the record's own values (a HeadRun's prefix and
-    suffix are part of the format): cheaper than splitting `encode_spliced`'s output and joining
-    each piece to its head, which made the elasticsearch output's encoding the largest cost
-    after decoding (issue 8). Not for processed records (`group.documents`): those are finished
-    lines already.
+    Each line is one `%` format, filled with the record's own values (an IdHead's prefix, id
+    pattern and suffix are part of the format): cheaper than splitting `encode_spliced`'s
+    output and joining each piece to its head, which made the elasticsearch output's encoding
+    the largest cost after decoding (issue 8). Not for processed records (`group.documents`):
+    those are finished lines already.
     """
     dumps = orjson.dumps
     # The shared bytes become part of the format, so a "%" in them (a path, a label) is escaped.
@@ -131,37 +129,44 @@ def spliced_lines(
         + _shared_fields(group).replace(b"%", b"%%")
         + b"%d}}\n"
     )
-    # Each record's head is `prefix`, its own value, then `suffix`: with a HeadRun the two ends
-    # are part of the format, and the value is the record's slice of the run.
-    if isinstance(heads, HeadRun):
-        prefix, suffix, width = heads.prefix, heads.suffix, heads.width
-        values: Sequence[bytes] = [
-            heads.values[start : start + width] for start in range(0, width * len(indices), width)
-        ]
-    else:
-        prefix = suffix = b""
-        values = heads if heads is not None else [b""] * len(indices)
-    line = prefix.replace(b"%", b"%%") + b"%b" + suffix.replace(b"%", b"%%") + document
     timestamps = group.timestamps
     messages = group.messages
     streams = group.streams
     offsets = group.offsets
     stream_fields = _StreamFields(_STREAMS)
     irregular = _irregular(group)
-    if not irregular:
+    if isinstance(heads, IdHead):
+        # The id is part of the format too, filled with the record's start and end; a
+        # record whose id has another form is built the plain way.
+        prefix = heads.prefix.replace(b"%", b"%%")
+        suffix = heads.suffix.replace(b"%", b"%%")
+        line = prefix + record_ids.id_pattern(group) + suffix + document
+        irregular |= record_ids.unpatterned(group)
+        ends = group.ends
+        ids = iter(record_ids.record_ids(group, [i for i in indices if i in irregular]))
+        # One comprehension for both kinds of record: an empty set's `in` costs little.
         return [
-            line
+            heads.prefix
+            + next(ids).encode()
+            + heads.suffix
+            + dumps(build_document(group, i))
+            + b"\n"
+            if i in irregular
+            else line
             % (
-                value,
+                offsets[i],
+                ends[i],
                 timestamps[i].encode(),
                 dumps(messages[i]),
                 stream_fields[streams[i]],
                 offsets[i],
             )
-            for value, i in zip(values, indices, strict=True)
+            for i in indices
         ]
+    line = b"%b" + document
+    values = heads if heads is not None else [b""] * len(indices)
     return [
-        prefix + value + suffix + dumps(build_document(group, i)) + b"\n"
+        value + dumps(build_document(group, i)) + b"\n"
         if i in irregular
         else line
         % (value, timestamps[i].encode(), dumps(messages[i]), stream_fields[streams[i]], offsets[i])

@@ -30,9 +30,9 @@ from elasticsearch import ConnectionError as ClientConnectionError
 from shipper.config import ElasticsearchOutputConfig
 from shipper.errors import FatalSinkError, HeldSinkError, RetryableSinkError
 from shipper.model import Batch, BatchResult, Outcome, RecordGroup, Rejection
-from shipper.sinks.ecs import HeadRun, field_value, record_document, spliced_lines
+from shipper.sinks.ecs import IdHead, field_value, record_document, spliced_lines
 from shipper.sinks.http_common import json_object, retry_after, size_ranges
-from shipper.sinks.record_ids import ID_CHARS, record_id_bytes
+from shipper.sinks.record_ids import record_ids
 from shipper.telemetry.counters import Telemetry
 
 log = logging.getLogger(__name__)
@@ -562,18 +562,16 @@ class ElasticsearchSink:
             route = self._router.names(group, indices)
             for name in set(route) - prefixes.keys():
                 prefixes[name] = b'{"create":{"_index":' + orjson.dumps(name) + b',"_id":"'
-            ids = record_id_bytes(group, indices)
             documents = group.documents
             if documents is None and len(set(route)) == 1:
                 # One index for the group, as a rule: its action line is part of each record's
                 # format, with the record's id the only value in it.
-                run = HeadRun(prefixes[route[0]], ids, ID_CHARS, b'"}}\n')
-                lines.extend(spliced_lines(group, indices, run))
+                lines.extend(spliced_lines(group, indices, IdHead(prefixes[route[0]], b'"}}\n')))
                 names.extend(route)
                 continue
             heads = [
-                b'%b%b"}}\n' % (prefixes[name], ids[start : start + ID_CHARS])
-                for name, start in zip(route, range(0, len(ids), ID_CHARS), strict=True)
+                b'%b%b"}}\n' % (prefixes[name], record_id.encode())
+                for name, record_id in zip(route, record_ids(group, indices), strict=True)
             ]
             if documents is not None:
                 # Processed records: one finished line each, made sure to be exactly one line

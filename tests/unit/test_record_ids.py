@@ -83,6 +83,11 @@ def test_a_group_built_without_ends_falls_back_to_the_text() -> None:
 
 
 def test_ids_are_short_url_safe_text() -> None:
-    for record_id in ids_of(FILE):
-        assert len(record_id) == 20
+    # The file's key, then the start and end offsets in hex.
+    first, second = ids_of(FILE, start=0x10)
+    key = first[:12]
+    assert second.startswith(key)
+    assert first == f"{key}10-{0x10 + len(LINES.splitlines()[0]) + 1:x}"
+    for record_id in (first, second):
+        assert len(record_id) < 30
         assert record_id.replace("-", "").replace("_", "").isalnum()

@@ -15,9 +15,9 @@ import pytest
 
 from shipper.config import ElasticsearchOutputConfig
 from shipper.model import Batch, Chunk, Enrichment, LogFile, RecordGroup
-from shipper.sinks.ecs import _ESCAPED, HeadRun, encode_plain, encode_spliced, spliced_lines
+from shipper.sinks.ecs import _ESCAPED, IdHead, encode_plain, encode_spliced, spliced_lines
 from shipper.sinks.elasticsearch import ElasticsearchSink
-from shipper.sinks.record_ids import record_id_bytes, record_ids
+from shipper.sinks.record_ids import record_ids
 from shipper.sources.docker_json import decode_chunk
 from tests.unit.test_ecs import hostile_string, random_group
 from tests.unit.test_elasticsearch_sink import output_config
@@ -26,17 +26,20 @@ READ_TIME = "2030-01-01T00:00:00.000000000Z"
 
 
 def reference_id(group: RecordGroup, index: int) -> str:
-    """record_ids' docstring, step by step: the file's identity, then start and end offsets (or
-    the text when the end is not known), blake2b of 15 bytes, URL-safe base64."""
+    """record_ids' docstring, step by step: the key of the file the record starts in (its
+    stable id, or its path, as blake2b of 9 bytes in URL-safe base64), the start offset in hex,
+    then `-` and the end offset in hex (in the file the record ends in), or `.` and a digest of
+    the text when the end is not known."""
     origin = group.heads.get(index, group.file)
-    digest = hashlib.blake2b((origin.fingerprint or origin.path).encode(), digest_size=15)
+    digest = hashlib.blake2b((origin.fingerprint or origin.path).encode(), digest_size=9)
+    key = base64.urlsafe_b64encode(digest.digest()).decode()
+    start = group.offsets[index]
     end = group.ends[index] if index < len(group.ends) else -1
-    if end >= 0:
-        digest.update(f"\0{group.offsets[index]}-{end}".encode())
-    else:
-        digest.update(f"\0{group.offsets[index]}\0".encode())
-        digest.update(group.messages[index].encode("utf-8", "surrogatepass"))
-    return base64.urlsafe_b64encode(digest.digest()).decode()
+    if end < 0:
+        text = group.messages[index].encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(text, digest_size=12)
+        return f"{key}{start:x}.{base64.urlsafe_b64encode(digest.digest()).decode()}"
+    return f"{key}{start:x}-{end:x}"
 
 
 def reference_line(sink: ElasticsearchSink, group: RecordGroup, index: int) -> bytes:
@@ -147,22 +150,15 @@ def test_spliced_documents_and_ids_equal_the_plain_path(seed: int) -> None:
     assert spliced_lines(group, indices, heads) == [
         head + encode_plain(group, [index]) for head, index in zip(heads, indices, strict=True)
     ]
-    width = rng.randint(1, 4)
-    run = HeadRun(
-        hostile_string(rng).encode() + b"%s%",
-        bytes(rng.randrange(256) for _ in range(width * len(indices))),  # a value per record
-        width,
-        b"%d%%" + hostile_string(rng).encode(),
-    )
-    assert spliced_lines(group, indices, run) == [
-        run.prefix
-        + run.values[k * width : (k + 1) * width]
-        + run.suffix
+    head = IdHead(hostile_string(rng).encode() + b"%s%", b"%d%%" + hostile_string(rng).encode())
+    assert spliced_lines(group, indices, head) == [
+        head.prefix
+        + reference_id(group, index).encode()
+        + head.suffix
         + encode_plain(group, [index])
-        for k, index in enumerate(indices)
+        for index in indices
     ]
     assert record_ids(group, indices) == [reference_id(group, index) for index in indices]
-    assert record_id_bytes(group, indices).decode() == "".join(record_ids(group, indices))
 
 
 def test_decoded_hostile_lines_equal_the_plain_path() -> None:
