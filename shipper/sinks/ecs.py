@@ -26,6 +26,8 @@ _STREAMS = {
 
 # What orjson escapes in a string; anything else it writes as the string's UTF-8.
 _ESCAPED = re.compile(r'["\\\x00-\x1f]')
+# What RFC 3339 timestamps are written with; none needs escaping.
+_RFC3339_CHARACTERS = b"0123456789-:.+TZtz"
 
 
 def build_document(group: RecordGroup, index: int) -> dict[str, Any]:
@@ -203,7 +205,11 @@ def _irregular(group: RecordGroup) -> set[int]:
     """
     irregular = group.flags.keys() | group.attrs.keys() | group.heads.keys()
     timestamps = group.timestamps
-    if _ESCAPED.search("".join(timestamps)):
+    # First the quick look: deleting RFC 3339's characters from all of them leaves nothing (a
+    # fifth of a regular expression search, which cost 3 % of the CPU). Anything left, even
+    # a character orjson would not escape, has each timestamp checked.
+    joined = "".join(timestamps)
+    if not joined.isascii() or joined.encode().translate(None, _RFC3339_CHARACTERS):
         irregular.update(i for i, timestamp in enumerate(timestamps) if _ESCAPED.search(timestamp))
     return irregular
 
