@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 
-from file_output import _count_levels, prepare_input
+from file_output import _count_levels, machine_speed, prepare_input
 from generate import GeneratedRoot
 from scenario import (
     Deliveries,
@@ -196,6 +196,7 @@ def _rows(
         verified = "yes" if not deliveries.problems else "NO"
     return [
         shipper_row(),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{len(generated.containers)} containers, {generated.lines:,} lines, "

@@ -44,6 +44,7 @@ from file_output import (
     add_input_arguments,
     add_workers_argument,
     conclude,
+    machine_speed,
     parse_input_arguments,
     prepare_input,
 )
@@ -476,6 +477,7 @@ def report(
     ratio = sink.wire_bytes / sink.body_bytes if sink.body_bytes else float("nan")
     rows = [
         ("shipper", f"{shipper.__version__}, {_machine()}"),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{len(generated.containers)} containers, {generated.lines:,} lines, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -28,7 +29,7 @@ import orjson
 from generate import GeneratedRoot, generate_root
 
 import shipper
-from shipper.docker_writer import SEQ_PATTERN
+from shipper.docker_writer import SEQ_PATTERN, encode_entry, realistic_lines
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "out"
@@ -299,6 +300,33 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
 
 
+def machine_speed(rounds: int = 5) -> str:
+    """How fast this machine runs issue 8's reference loop now: `orjson.loads` of a json-file
+    line and one `%` format of its `_bulk` document from pre-serialised bytes, per core (best
+    of `rounds` over the same 20,000 realistic lines).
+
+    This VM's speed drifts by a third between hours with nothing else running (bench/README.md):
+    figures taken at different reference speeds are not comparable, so every report says it.
+    Measured after shipper exited, so the two do not share the cores.
+    """
+    rng = random.Random(1)
+    lines = [
+        encode_entry(message.encode() + b"\n", stream, 1_714_557_600_000_000_000 + n)
+        for n, (stream, message) in enumerate(realistic_lines(rng, 20_000, container="speed"))
+    ]
+    shared = b',"container":{"id":"speed"},"log":{"file":{"path":"/speed-json.log"},"offset":'
+    line = b'{"create":{}}\n{"@timestamp":"%b","message":%b,"stream":"%b"' + shared + b"%d}}\n"
+    loads, dumps = orjson.loads, orjson.dumps
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for offset, raw in enumerate(lines):
+            entry = loads(raw)
+            line % (entry["time"].encode(), dumps(entry["log"]), entry["stream"].encode(), offset)
+        best = min(best, time.perf_counter() - started)
+    return f"{len(lines) / best:,.0f} lines/s a core (issue 8's reference loop: decode + splice)"
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -314,6 +342,7 @@ def report(generated: GeneratedRoot, result: RunResult, verified: str) -> str:
     )
     rows = [
         ("shipper", f"{shipper.__version__}, {_machine()}"),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{len(generated.containers)} containers, {generated.lines:,} lines, "

@@ -37,6 +37,7 @@ from file_output import (
     _table,
     add_input_arguments,
     conclude,
+    machine_speed,
     parse_input_arguments,
     prepare_input,
 )
@@ -239,6 +240,7 @@ def report(
     last = "last ack" if sink.acks else "last event"
     rows = [
         ("shipper", f"{shipper.__version__}, {_machine()}"),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{len(generated.containers)} containers, {generated.lines:,} lines, "

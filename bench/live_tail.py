@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from file_output import _count_levels
+from file_output import _count_levels, machine_speed
 from generate import GeneratedContainer, GeneratedRoot
 from scenario import (
     Deliveries,
@@ -280,6 +280,7 @@ def _rows(
 
     rows = [
         shipper_row(),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{args.containers} containers, {report.lines:,} timed lines "

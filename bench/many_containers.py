@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 
-from file_output import _count_levels, prepare_input
+from file_output import _count_levels, machine_speed, prepare_input
 from generate import GeneratedRoot
 from scenario import (
     Deliveries,
@@ -168,6 +168,7 @@ def _rows(
     every = (firsts[-1] - started) / 1e9 if len(firsts) == containers else float("nan")
     return [
         shipper_row(),
+        ("machine speed", machine_speed()),
         (
             "input",
             f"{containers:,} containers x {args.lines:,} lines = {generated.lines:,} lines, "
