@@ -33,7 +33,7 @@ from shipper.config import (
     load_config,
 )
 from shipper.errors import CheckpointCorruptError, CheckpointError, ConfigError
-from shipper.processing.metadata import MetadataCache, MetadataOptions, container_facts
+from shipper.processing.metadata import MetadataCache, MetadataOptions
 from shipper.sources.cri import parse_pod_log_path
 from shipper.sources.identity import prefix_fingerprints
 from shipper.sources.logfile import open_log
@@ -203,8 +203,8 @@ def _container(
     directory, name = os.path.split(path)
     if isinstance(source, DockerJsonSourceConfig):
         container_id = os.path.basename(directory)
-        config = metadata.config(directory, container_id)
-        found = container_facts(config)[0] if config is not None else ""
+        facts = metadata.facts(directory, container_id)
+        found = facts.name if facts is not None else ""
         return found or container_id[:12], container_id
     if isinstance(source, CriSourceConfig):
         # A rotated generation (`0.log.20240101-120000.gz`) is named after its live file.

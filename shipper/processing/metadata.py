@@ -16,7 +16,7 @@ import re
 import socket
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -158,8 +158,10 @@ class MetadataCache:
     def __init__(self, options: MetadataOptions, on_error: Callable[[str, str], None]) -> None:
         self._options = options
         self._on_error = on_error
+        # Per container directory: the file's version, its enrichment, and its facts. Not the
+        # parsed file: that is kilobytes a container (env, mounts, state), secrets among them.
         self._entries: dict[
-            str, tuple[tuple[int, int, int] | None, Enrichment, dict[str, Any] | None]
+            str, tuple[tuple[int, int, int] | None, Enrichment, ContainerFacts | None]
         ] = {}
 
     def get(self, directory: str, container_id: str) -> Enrichment:
@@ -176,11 +178,13 @@ class MetadataCache:
         if version is None:
             self._on_error(container_id, "config.v2.json is missing")
         enrichment = build_enrichment(container_id, config, self._options)
-        self._entries[directory] = (version, enrichment, config)
+        facts = container_facts(config) if config is not None else None
+        self._entries[directory] = (version, enrichment, facts)
         return enrichment
 
-    def config(self, directory: str, container_id: str) -> dict[str, Any] | None:
-        """The parsed config.v2.json as last read (reading it if needed); None if unusable."""
+    def facts(self, directory: str, container_id: str) -> ContainerFacts | None:
+        """Name, image and labels from config.v2.json as last read (reading it if needed);
+        None if it is unusable."""
         self.get(directory, container_id)
         return self._entries[directory][2]
 
@@ -237,12 +241,12 @@ class Selection:
     exclude: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     opt_out_label: str
 
-    def ships(self, config: dict[str, Any] | None) -> bool:
-        """Whether the container with this config.v2.json is shipped. Unknown metadata ships:
+    def ships(self, facts: ContainerFacts | None) -> bool:
+        """Whether the container with these facts is shipped. Unknown metadata (None) ships:
         a filter must not drop lines because a file could not be read."""
-        if config is None:
+        if facts is None:
             return True
-        name, image, labels = container_facts(config)
+        name, image, labels = facts
         if labels.get(self.opt_out_label, "").lower() == "true":
             return False
         if self.include is not None and not matches_globs(self.include, name, image, labels):
@@ -250,8 +254,16 @@ class Selection:
         return not matches_globs(self.exclude, name, image, labels)
 
 
-def container_facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
-    """(name without the leading /, image, labels) of a parsed config.v2.json."""
+class ContainerFacts(NamedTuple):
+    """What selection and file shaping need of a container's config.v2.json."""
+
+    name: str  # without Docker's leading "/"
+    image: str
+    labels: dict[str, str]
+
+
+def container_facts(config: dict[str, Any]) -> ContainerFacts:
+    """The facts of a parsed config.v2.json."""
     raw_name = config.get("Name")
     name = raw_name.lstrip("/") if isinstance(raw_name, str) else ""
     raw_settings = config.get("Config")
@@ -259,7 +271,7 @@ def container_facts(config: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
     image = settings.get("Image") if isinstance(settings.get("Image"), str) else ""
     raw_labels = settings.get("Labels")
     labels = {str(k): str(v) for k, v in raw_labels.items()} if isinstance(raw_labels, dict) else {}
-    return name, str(image), labels
+    return ContainerFacts(name, str(image), labels)
 
 
 def matches_globs(

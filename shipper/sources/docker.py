@@ -16,7 +16,6 @@ from shipper.processing.metadata import (
     MetadataCache,
     MetadataOptions,
     Selection,
-    container_facts,
     default_host_name,
     log_driver,
     own_container_id,
@@ -114,8 +113,8 @@ class DockerJsonSource(FollowingSource):
                 yield Target(entry.path, DockerRotation(base), entry.name)
 
     def shaping(self, target: Target) -> Shaping:
-        config = self._metadata.config(target.directory, target.container_id)
-        name, image, labels = container_facts(config) if config is not None else ("", "", {})
+        facts = self._metadata.facts(target.directory, target.container_id)
+        name, image, labels = facts if facts is not None else ("", "", {})
         return self._shaping.for_file(
             decode=decode_chunk,
             enrich=functools.partial(self._metadata.get, target.directory, target.container_id),
@@ -150,7 +149,7 @@ class DockerJsonSource(FollowingSource):
                 follower.hint()  # drained through open descriptors, then released
 
     def _selected(self, directory: str, container_id: str) -> bool:
-        if self._selection.ships(self._metadata.config(directory, container_id)):
+        if self._selection.ships(self._metadata.facts(directory, container_id)):
             self._excluded.discard(container_id)
             return True
         if container_id not in self._excluded:

@@ -13,6 +13,7 @@ from shipper.processing.metadata import (
     MetadataOptions,
     Selection,
     build_enrichment,
+    container_facts,
     own_container_id,
 )
 from shipper.sinks.ecs import encode_plain, encode_spliced
@@ -167,7 +168,7 @@ def selection(include: tuple | None = None, exclude: tuple = ((), (), ())) -> Se
 
 
 def test_selection_by_name_image_and_label_globs() -> None:
-    web = config()
+    web = container_facts(config())
     assert selection().ships(web)
     assert selection(include=(("web-*",), (), ())).ships(web)
     assert not selection(include=(("db-*",), (), ())).ships(web)
@@ -182,5 +183,5 @@ def test_selection_by_name_image_and_label_globs() -> None:
 def test_a_container_opts_out_with_its_label_and_unknown_metadata_ships() -> None:
     opted = config()
     opted["Config"]["Labels"]["shipper.exclude"] = "true"
-    assert not selection().ships(opted)
+    assert not selection().ships(container_facts(opted))
     assert selection().ships(None)  # a file that cannot be read must not drop lines
