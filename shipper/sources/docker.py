@@ -92,7 +92,11 @@ class DockerJsonSource(FollowingSource):
         self._root_missing_logged = False
         for entry in directories:
             base = entry.name + LOG_SUFFIX
-            if entry.name == self._own_id or self.follower_of(os.path.join(entry.path, base)):
+            if (
+                entry.name == self._own_id
+                or not self.ours(entry.path)
+                or self.follower_of(os.path.join(entry.path, base))
+            ):
                 continue
             try:
                 names = os.listdir(entry.path)

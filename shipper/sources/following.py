@@ -205,6 +205,11 @@ class FollowingSource:
     def follower_of(self, key: str) -> ContainerFollower | None:
         return self._followers.get(key)
 
+    def ours(self, directory: str) -> bool:
+        """Whether this process follows the files of `directory` (another worker's otherwise,
+        `pipeline.workers`): asked before reading anything about it, a listing or metadata."""
+        return self._store.owns(directory)
+
     def followers_in(self, directory: str) -> list[ContainerFollower]:
         return [self._followers[key] for key in self._by_directory.get(directory, ())]
 

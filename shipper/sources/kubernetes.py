@@ -77,6 +77,8 @@ class CriSource(FollowingSource):
         new: list[tuple[str, PodLogRef]] = []
         for pod in _subdirectories(str(self.root)):
             for container in _subdirectories(pod):
+                if not self.ours(container):
+                    continue
                 try:
                     names = os.listdir(container)
                 except OSError:

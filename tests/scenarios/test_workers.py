@@ -155,6 +155,9 @@ def test_every_line_once_and_in_order_whatever_the_number_of_workers(tmp_path: P
 def test_metrics_add_up_over_the_workers(tmp_path: Path) -> None:
     containers = Containers(tmp_path / "containers")
     containers.write(500)
+    # Only the worker that follows a container reads its metadata: a corrupt config.v2.json
+    # is one error, not one per worker.
+    containers.logs[0].config_path.write_text("{not json")
     process, stderr = start_shipper(tmp_path, write_config(tmp_path, 2), "metrics")
     try:
         url = monitoring_url(process, stderr)
@@ -179,6 +182,8 @@ def test_metrics_add_up_over_the_workers(tmp_path: Path) -> None:
         assert metrics.get("shipper_workers") == 2
         assert metrics.total("shipper_lines_read_total") == containers.total
         assert len(metrics.labels_of("shipper_lag_bytes")) == CONTAINERS
+        assert metrics.total("shipper_metadata_errors_total") == 1
+        assert len(logged(stderr, "Container metadata unavailable; its records ship with the container id only.")) == 1
     finally:
         stop(process, stderr)
 
