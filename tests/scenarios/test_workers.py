@@ -183,7 +183,8 @@ def test_metrics_add_up_over_the_workers(tmp_path: Path) -> None:
         assert metrics.total("shipper_lines_read_total") == containers.total
         assert len(metrics.labels_of("shipper_lag_bytes")) == CONTAINERS
         assert metrics.total("shipper_metadata_errors_total") == 1
-        assert len(logged(stderr, "Container metadata unavailable; its records ship with the container id only.")) == 1
+        unavailable = "Container metadata unavailable; its records ship with the container id only."
+        assert len(logged(stderr, unavailable)) == 1
     finally:
         stop(process, stderr)
 
