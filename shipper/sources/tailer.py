@@ -45,6 +45,11 @@ from shipper.telemetry.counters import Telemetry
 log = logging.getLogger(__name__)
 
 LOG_SUFFIX = "-json.log"
+# A follower's first read, each next one 4 times larger up to `read_chunk_size`. Starting over
+# many containers with a backlog, the budget then goes to every container's first lines
+# before anyone's second read (1,000 containers: the first 16 MiB of data), rather than to
+# whole reads of the containers that happened to start first (issue 8, many_containers.py).
+FIRST_READ = 16 * 1024
 _handles = itertools.count(1)
 
 
@@ -234,6 +239,8 @@ class ContainerFollower:
         # with the chunk read, or given back when nothing is emitted.
         self._reserved = 0
         self._reserved_key: tuple[str, str] = ("", "")
+        # A follower's first reads are small and grow to `read_chunk_size` (see FIRST_READ).
+        self._read_size = min(FIRST_READ, settings.read_chunk_size)
         self._last_reconcile = 0.0
         self._listing_due = False
         self._listed: set[object] = set()  # what the last look listed (_contents)
@@ -770,7 +777,7 @@ class ContainerFollower:
         whole read's worth of room."""
         if self._reserved or generation.released:
             return
-        size = self._settings.read_chunk_size
+        size = self._read_size
         reader = generation.reader
         if not reader.compressed:
             size = min(size, reader.content_size() - generation.offset)
@@ -795,11 +802,13 @@ class ContainerFollower:
     def _read(self, generation: _Generation) -> bytes:
         if generation.released:
             return b""
-        size = self._settings.read_chunk_size
+        size = self._read_size
         limit = self._settings.max_line_bytes
         while True:
             data = generation.reader.read(generation.offset, size)
             if len(data) < size or b"\n" in data or size >= limit:
+                if data:
+                    self._read_size = min(self._read_size * 4, self._settings.read_chunk_size)
                 seen = generation.offset + len(data)
                 if seen != generation.seen:
                     generation.seen = seen

@@ -1,4 +1,5 @@
-"""A container writing 100 times as much as the others does not hold their lines back."""
+"""Fairness between containers: one writing 100 times as much as the others does not hold their
+lines back, and a start over many backlogs ships every container's first lines first."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from shipper.docker_writer import SEQ_PATTERN, ContainerLog, DockerRootWriter, r
 from shipper.model import Batch, BatchResult
 from shipper.sinks import Sink
 from shipper.sinks.file import FileSink
+from shipper.sources.tailer import FIRST_READ
 from shipper.telemetry.counters import Telemetry
 from tests.helpers import wait_until
 
@@ -178,3 +180,64 @@ async def test_quiet_containers_are_not_held_back_by_one_writing_100_times_more(
     assert output.lines.total() == total
     assert dict(output.seqs) == dict(expected)  # each line once, in order per stream
     assert app.budget.used == 0
+
+
+STARTING_CONTAINERS = 12
+BACKLOG_LINES = 1000  # about 430 KB each: more than one whole read (read_chunk_size, 256 KiB)
+
+
+async def test_a_start_over_many_backlogs_ships_every_containers_first_lines_first(
+    tmp_path: Path,
+) -> None:
+    """shipper started over containers that all have a backlog: every container's first lines
+    are shipped before any container's second read, not after the whole reads of the
+    containers that happened to start first (issue 8: 1,000 containers)."""
+    writer = DockerRootWriter(tmp_path / "containers")
+    expected: Seqs = defaultdict(list)
+    containers = [
+        Container(writer.add_container(f"app-{n}"), BACKLOG_LINES, 100 + n, expected)
+        for n in range(STARTING_CONTAINERS)
+    ]
+    for container in containers:
+        container.write(BACKLOG_LINES)
+    # The lines of each container's first read (FIRST_READ bytes, whole lines).
+    first_reads = 0
+    for container in containers:
+        with container.log.log_path.open("rb") as file:
+            first_reads += file.read(FIRST_READ).count(b"\n")
+    config = f"""
+state_dir: {tmp_path / "state"}
+sources:
+  docker:
+    type: docker_json
+    root: {tmp_path / "containers"}
+    poll_interval: 20ms
+outputs:
+  archive:
+    type: file
+    path: {tmp_path / "out.ndjson"}
+    batch:
+      linger: 20ms
+      max_records: 100
+"""
+    app = App(parse_config(config, origin="<test>"))
+    output = Output(tmp_path / "out.ndjson")
+    total = STARTING_CONTAINERS * BACKLOG_LINES
+
+    def all_delivered() -> bool:
+        output.read()
+        return output.lines.total() >= total
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    await wait_until(all_delivered, what="every line")
+    stop.set()
+    await task
+    assert dict(output.seqs) == dict(expected)  # each line once, in order per stream
+    # The container of each record, in delivery order.
+    order = [
+        orjson.loads(line)["container"]["id"] for line in output.path.read_bytes().splitlines()
+    ]
+    firsts = {container: order.index(container) for container in set(order)}
+    assert len(firsts) == STARTING_CONTAINERS
+    assert max(firsts.values()) < first_reads
