@@ -194,6 +194,45 @@ class ContainerFollower:
     json-file log, a Kubernetes container's N.log, a sidecar's app.log); run() until cancelled
     or the directory is gone."""
 
+    # One per followed file, a thousand and more on a busy host: no __dict__ each.
+    __slots__ = (
+        "_backfill",
+        "_handover",
+        "_ignored",
+        "_joiner",
+        "_last_reconcile",
+        "_lingering",
+        "_listed",
+        "_listing_due",
+        "_pending",
+        "_pipeline",
+        "_read_at",
+        "_read_size",
+        "_relist",
+        "_reported",
+        "_reserved",
+        "_reserved_key",
+        "_settings",
+        "_shaping",
+        "_store",
+        "_telemetry",
+        "_unread_since",
+        "_unsettled",
+        "_wake",
+        "base",
+        "container_id",
+        "current_path",
+        "directory",
+        "gone",
+        "ingesting",
+        "lag_bytes",
+        "pinned_bytes",
+        "rotation",
+        "source",
+        "stalled_since",
+        "watched",
+    )
+
     def __init__(
         self,
         *,
