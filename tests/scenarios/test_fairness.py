@@ -93,8 +93,26 @@ class Container:
             self.written += 1
 
 
-def config_for(tmp_path: Path) -> str:
-    # Small reads and batches, so that the order in which chunks were read shows in delivery.
+async def stop_once_delivered(
+    output: Output, total: int, stop: asyncio.Event, app_run: asyncio.Task[None]
+) -> None:
+    """Wait until the output holds `total` lines, then stop the app and let it finish."""
+
+    def all_delivered() -> bool:
+        output.read()
+        return output.lines.total() >= total
+
+    await wait_until(all_delivered, what="every line")
+    stop.set()
+    await app_run
+    output.read()
+
+
+def config_for(tmp_path: Path, *, small_reads: bool = True) -> str:
+    """Small batches, so that the order in which chunks were read shows in delivery; with
+    `small_reads`, small reads and budget too (else shipper's defaults)."""
+    reads = "    read_chunk_size: 32KiB" if small_reads else ""
+    budget = f"pipeline:\n  max_buffered_bytes: {BUDGET}" if small_reads else ""
     return f"""
 state_dir: {tmp_path / "state"}
 sources:
@@ -102,7 +120,7 @@ sources:
     type: docker_json
     root: {tmp_path / "containers"}
     poll_interval: 20ms
-    read_chunk_size: 32KiB
+{reads}
 outputs:
   archive:
     type: file
@@ -110,8 +128,7 @@ outputs:
     batch:
       linger: 20ms
       max_records: 100
-pipeline:
-  max_buffered_bytes: {BUDGET}
+{budget}
 """
 
 
@@ -168,15 +185,7 @@ async def test_quiet_containers_are_not_held_back_by_one_writing_100_times_more(
     assert output.lines[noisy.log.id] < NOISY_LINES // 2
 
     total = NOISY_LINES + QUIET_CONTAINERS * QUIET_LINES
-
-    def all_delivered() -> bool:
-        output.read()
-        return output.lines.total() >= total
-
-    await wait_until(all_delivered, what="every line")
-    stop.set()
-    await task
-    output.read()
+    await stop_once_delivered(output, total, stop, task)
     assert output.lines.total() == total
     assert dict(output.seqs) == dict(expected)  # each line once, in order per stream
     assert app.budget.used == 0
@@ -205,34 +214,11 @@ async def test_a_start_over_many_backlogs_ships_every_containers_first_lines_fir
     for container in containers:
         with container.log.log_path.open("rb") as file:
             first_reads += file.read(FIRST_READ).count(b"\n")
-    config = f"""
-state_dir: {tmp_path / "state"}
-sources:
-  docker:
-    type: docker_json
-    root: {tmp_path / "containers"}
-    poll_interval: 20ms
-outputs:
-  archive:
-    type: file
-    path: {tmp_path / "out.ndjson"}
-    batch:
-      linger: 20ms
-      max_records: 100
-"""
-    app = App(parse_config(config, origin="<test>"))
+    app = App(parse_config(config_for(tmp_path, small_reads=False), origin="<test>"))
     output = Output(tmp_path / "out.ndjson")
-    total = STARTING_CONTAINERS * BACKLOG_LINES
-
-    def all_delivered() -> bool:
-        output.read()
-        return output.lines.total() >= total
-
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
-    await wait_until(all_delivered, what="every line")
-    stop.set()
-    await task
+    await stop_once_delivered(output, STARTING_CONTAINERS * BACKLOG_LINES, stop, task)
     assert dict(output.seqs) == dict(expected)  # each line once, in order per stream
     # The container of each record, in delivery order.
     order = [
