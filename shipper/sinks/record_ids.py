@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from shipper.model import LogFile, RecordGroup
 
-# 9 digest bytes are exactly 12 URL-safe base64 characters, without padding.
+# Digest sizes: multiples of 3 bytes are URL-safe base64 without padding (9 bytes: a file's
+# 12-character key; 12 bytes: 16 characters standing for a record's text).
 _KEY_BYTES = 9
-KEY_CHARS = _KEY_BYTES * 4 // 3
 _TEXT_BYTES = 12
 
 
