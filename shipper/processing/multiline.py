@@ -9,10 +9,9 @@ shared by every container that uses them; a `MultilineJoiner` holds one containe
 Records stay columns of a RecordGroup (DESIGN.md §2): a record of one line in one group is just
 its index, and only records of several lines, or records carried over from an earlier group, get
 an object. A record left open at the end of a group keeps its bytes held (`RangeClaim.hold_from`
-at its first line in each file it spans) until the group it is finally shipped in settles; in
-the files after the first one, until that first file's checkpoint has passed the record's start
-too (shipper.pipeline.acks.after_head): a restart reads every line of a record that spans a
-rotation again, or none of them.
+at its first line in each file it spans) until the group it is finally shipped in settles, and
+those holds are let go together (shipper.pipeline.acks.join_holds): a restart reads every line
+of a record that spans a rotation again, or none of them.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import TypeVar
 
 from shipper.config import MULTILINE_PRESETS, ContainerMatch, MultilineConfig, MultilineParserConfig
 from shipper.model import Hold, LogFile, RangeClaim, RecordGroup
-from shipper.pipeline.acks import after_head
+from shipper.pipeline.acks import join_holds
 from shipper.processing.metadata import matches_globs
 
 log = logging.getLogger(__name__)
@@ -920,10 +919,10 @@ def _hold(
     parts that began in an earlier chunk or file holds from this chunk's start; its earlier
     parts stay held by the holds the group came with (see _pass_on).
 
-    In a later file than the record's first, the hold outlasts the record until the first
-    file's checkpoint has passed the record's start (after_head): else a restart could read the
-    record's first lines again (that checkpoint held back by something before them) but not its
-    later ones (this file's checkpoint gone past them), and ship a truncated second copy.
+    In a later file than the record's first, the hold is joined with the one there
+    (join_holds): else a restart could read the record's first lines again but not its later
+    ones, and ship a truncated second copy, or its later ones but not its first, and ship them
+    again as a record of their own.
     """
     offset = group.offsets[first]
     if offset < group.start or (group.heads and first in group.heads):
@@ -935,7 +934,7 @@ def _hold(
         if group.file.handle == record.file.handle:
             record.first_hold = hold
     else:
-        hold = after_head(hold, record.first_hold)
+        hold = join_holds(hold, record.first_hold)
     into.append(hold)
     record.held_in = group.file.handle
 

@@ -4,9 +4,9 @@ Docker writes a line longer than 16 KiB as several entries whose `log` has no tr
 the last part has it, and every part carries the same `time` (DESIGN.md §4). Nothing else marks a
 part, so a part waits here until its stream's next entry with a newline, a flush timeout, or a
 size cap. One joiner serves all of a container's files, so a line split across a rotation is
-joined too; the byte ranges of every part stay held until the joined record settles, and in
-the files after the first one until that first file's checkpoint has passed the line's start
-(shipper.pipeline.acks.after_head): a restart reads both halves of such a line again, or neither.
+joined too; the byte ranges of every part stay held until the joined record settles, and the
+holds in the files it spans are let go together (shipper.pipeline.acks.join_holds): a restart
+reads both halves of such a line again, or neither.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shipper.model import Hold, LogFile, RangeClaim, RecordGroup
-from shipper.pipeline.acks import after_head
+from shipper.pipeline.acks import join_holds
 
 FLAG_TRUNCATED = "truncated"
 FLAG_PARTIAL_HEAD_LOST = "partial_head_lost"
@@ -105,8 +105,8 @@ class PartialJoiner:
         """The part with the newline arrived: the whole line, or None if nothing was pending.
 
         Given the part's `file`, entry `offset` and chunk `hold`: when it is the line's first
-        entry in a later file than the line's start, that file stays held from it until the
-        line's first file has settled past its start, as for a part (`add`)."""
+        entry in a later file than the line's start, that file stays held from it, the hold
+        joined with the line's others, as for a part (`add`)."""
         partial = self.pending.pop(stream, None)
         if partial is not None:
             self._append(partial, text)
@@ -157,16 +157,15 @@ class PartialJoiner:
 
 def _hold_in(partial: Partial, file: LogFile, offset: int, hold: RangeClaim) -> None:
     """Hold `file` from `offset`, the first entry of `partial` in it. In a later file than the
-    line's first, the hold outlasts the joined record until the first file's checkpoint has
-    passed the line's start: else a restart could read the first part again (that checkpoint
-    held back by something before it) but not this one (this file's checkpoint gone past it),
-    and join the first part to the next line of its stream, shipping that line a second time."""
+    line's first, the hold is joined with the one there (join_holds): else a restart could read
+    the first part again but not this one, and join it to the next line of its stream, or read
+    this one but not the first part, and ship it again on its own."""
     tail = hold.hold_from(offset)
     if partial.head is None:
         if file.handle == partial.file.handle:
             partial.head = tail
     else:
-        tail = after_head(tail, partial.head)
+        tail = join_holds(tail, partial.head)
     partial.holds.append(tail)
     partial.held_in = file.handle
 

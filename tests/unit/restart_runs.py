@@ -51,7 +51,14 @@ class HeldOutput:
 class Run:
     """One `shipper run` of one container's follower: started, then killed (no clean stop)."""
 
-    def __init__(self, tmp_path: Path, log: ContainerLog, shaping: Shaping | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        log: ContainerLog,
+        shaping: Shaping | None = None,
+        *,
+        read_chunk_size: int = 64 * 1024,
+    ) -> None:
         telemetry = Telemetry()
         self.store = CheckpointStore(tmp_path / "checkpoints.json", on_corrupt="fail")
         self.store.load()  # what the previous run flushed
@@ -63,7 +70,7 @@ class Run:
             directory=str(log.directory),
             container_id=log.id,
             settings=TailSettings(
-                read_chunk_size=64 * 1024,
+                read_chunk_size=read_chunk_size,
                 poll_interval=0.02,
                 partial_flush_timeout=600.0,  # never: a part waits for its line's rest
                 max_message_bytes=1 << 20,

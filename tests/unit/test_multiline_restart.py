@@ -96,3 +96,46 @@ async def test_a_restart_reads_every_line_of_a_trace_split_across_a_rotation(
         ids[TRACE],
         *[ids[message] for message in later],
     ]
+
+
+async def test_a_restart_reads_the_header_again_when_the_new_file_is_held_back_before_the_frames(
+    tmp_path: Path, docker: DockerRootWriter
+) -> None:
+    # `.log.1`: "first", the trace's header; `-json.log`: a stderr line (Docker copies the two
+    # streams on their own), the frames, "next". With 16 KiB reads the stderr line is a chunk of
+    # its own, which the output leaves unsettled while the trace is delivered: the new file's
+    # checkpoint stays before the frames. The old file's must then stay before the header, or a
+    # restart reads the frames without it and ships them again as a record of their own.
+    log = docker.add_container("web-1", max_size=16 * 1024 + 512, max_file=5)
+    first = "f" * 16_000 + " first"  # with the header, past max-size: the next entry rotates
+    log.write(first)
+    log.write(HEADER)
+    between = "e" * 16_100 + " on stderr"  # a whole read's worth: the frames are in the next
+    log.write(between, stream="stderr")
+    for frame in FRAMES:
+        log.write(frame)
+    log.write("next")
+    assert len(log.log_files()) == 2
+
+    run1 = Run(tmp_path, log, java(), read_chunk_size=16 * 1024)
+    await run1.until_read("next")
+    assert sorted(message for message, _ in run1.output.records()) == sorted(
+        [first, between, TRACE, "next"]
+    )
+    held = next(group for group in run1.output.groups if between in group.messages)
+    for group in run1.output.groups:
+        if group is not held:
+            run1.output.settle(group)
+    delivered = dict(run1.output.records())
+    await run1.kill()
+
+    log.write("after")
+    run2 = Run(tmp_path, log, java(), read_chunk_size=16 * 1024)
+    await run2.until_read("after")
+    replayed = run2.output.records()
+    await run2.kill()
+
+    # Read again: the stderr line (not delivered) and the whole trace under the id it had (its
+    # header is read again too), then what came since; never its frames on their own.
+    assert sorted(message for message, _ in replayed) == sorted([between, TRACE, "next", "after"])
+    assert dict(replayed)[TRACE] == delivered[TRACE]

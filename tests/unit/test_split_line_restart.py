@@ -63,3 +63,47 @@ async def test_a_restart_reads_both_halves_of_a_line_split_across_a_rotation(
     assert [message for message, _ in replayed] == ["first", LONG, "next", "after"]
     ids = dict(delivered)
     assert [record_id for _, record_id in replayed[:3]] == [ids["first"], ids[LONG], ids["next"]]
+
+
+async def test_a_restart_reads_both_halves_when_the_later_file_is_held_back_before_the_rest(
+    tmp_path: Path, docker: DockerRootWriter
+) -> None:
+    # Docker copies stdout and stderr on their own, so another stream's line can come between
+    # the parts of a split line. `.log.1`: "first", the long line's first part; `-json.log`: a
+    # stderr line, then the long line's rest, then "next". With 16 KiB reads the stderr line is
+    # a chunk of its own, which the output leaves unsettled while the joined line is delivered:
+    # the new file's checkpoint stays before the rest. The old file's must then stay before the
+    # first part, or a restart reads the rest without it and ships it again on its own.
+    log = docker.add_container("web-1", max_size=24 * 1024, max_file=5)
+    first = "f" * 8400 + " first"  # with the first part, past max-size: the next entry rotates
+    log.write(first)
+    head, rest = LONG[: 16 * 1024], LONG[16 * 1024 :]
+    log.write(head, newline=False)  # a 16 KiB part: dockerd writes it without a newline
+    between = "e" * 15_000 + " on stderr"
+    log.write(between, stream="stderr")
+    log.write(rest)
+    log.write("next")
+    assert len(log.log_files()) == 2
+
+    run1 = Run(tmp_path, log, read_chunk_size=16 * 1024)
+    await run1.until_read("next")
+    messages = [message for message, _ in run1.output.records()]
+    assert messages == [first, between, LONG, "next"]
+    held = next(group for group in run1.output.groups if between in group.messages)
+    for group in run1.output.groups:
+        if group is not held:
+            run1.output.settle(group)
+    delivered = run1.output.records()
+    await run1.kill()
+
+    log.write("after")
+    run2 = Run(tmp_path, log, read_chunk_size=16 * 1024)
+    await run2.until_read("after")
+    replayed = run2.output.records()
+    await run2.kill()
+
+    # Read again: the stderr line (not delivered) and the long line whole, under the id it had
+    # (its first part is read again too), then what came since; never its rest on its own.
+    ids = dict(delivered)
+    assert sorted(message for message, _ in replayed) == sorted([between, LONG, "next", "after"])
+    assert dict(replayed)[LONG] == ids[LONG]
