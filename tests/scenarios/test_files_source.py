@@ -235,7 +235,10 @@ async def test_copytruncate_while_shipper_is_behind_loses_nothing(tmp_path: Path
         config = files_config(tmp_path, extra="pipeline:\n  max_buffered_bytes: 1MiB")
         app = App(config, sinks=gated_sinks(gate))  # type: ignore[arg-type]
         stop, task = await start(app)
-        await wait_until(lambda: app.budget.used > 900 * 1024, what="the budget to fill")
+        # Full: within one read (read_chunk_size, 256 KiB) of the limit, the next read waits.
+        await wait_until(
+            lambda: app.budget.used > app.budget.limit - 256 * 1024, what="the budget to fill"
+        )
         read = app.telemetry.value("shipper_bytes_read_total")
         assert read < path.stat().st_size / 2  # shipper is behind
         copytruncate(path)
