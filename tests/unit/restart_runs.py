@@ -47,6 +47,13 @@ class HeldOutput:
         assert group.settlement is not None
         group.settlement.settle_one()
 
+    def settle_all_but(self, message: str) -> None:
+        """Settle every group but the one with `message` (a refused item being retried)."""
+        kept = next(group for group in self.groups if message in group.messages)
+        for group in self.groups:
+            if group is not kept:
+                self.settle(group)
+
 
 class Run:
     """One `shipper run` of one container's follower: started, then killed (no clean stop)."""
@@ -95,3 +102,16 @@ class Run:
         self.task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await self.task
+
+
+async def replay_after(
+    tmp_path: Path, log: ContainerLog, shaping: Shaping | None = None, **settings: int
+) -> list[tuple[str, str]]:
+    """The next run, after the container wrote "after": every (message, record id) it read,
+    up to that line."""
+    log.write("after")
+    run = Run(tmp_path, log, shaping, **settings)
+    await run.until_read("after")
+    replayed = run.output.records()
+    await run.kill()
+    return replayed

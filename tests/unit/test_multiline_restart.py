@@ -20,7 +20,7 @@ import pytest
 from shipper.docker_writer import DockerRootWriter
 from shipper.processing.multiline import PRESETS, MultilineJoiner
 from shipper.sources.tailer import Shaping
-from tests.unit.restart_runs import Run
+from tests.unit.restart_runs import Run, replay_after
 
 # The JVM's own header, which starts a record (the line before it does not join), long enough to
 # take `.log` past its max-size: the entry after it goes to a new file.
@@ -74,18 +74,11 @@ async def test_a_restart_reads_every_line_of_a_trace_split_across_a_rotation(
     assert messages == ["first", TRACE, *later]
     # The output delivers every group but the one of "first" (a refused item being retried):
     # the old file's checkpoint stays before "first", the new file's may go past the frames.
-    first_group = next(group for group in run1.output.groups if "first" in group.messages)
-    for group in run1.output.groups:
-        if group is not first_group:
-            run1.output.settle(group)
+    run1.output.settle_all_but("first")
     delivered = run1.output.records()
     await run1.kill()
 
-    log.write("after")
-    run2 = Run(tmp_path, log, java())
-    await run2.until_read("after")
-    replayed = run2.output.records()
-    await run2.kill()
+    replayed = await replay_after(tmp_path, log, java())
 
     # Read again: "first" (not delivered), and the trace split across the rotation, whole and
     # under the id it had, since its header is read again; then what came since.
@@ -122,18 +115,11 @@ async def test_a_restart_reads_the_header_again_when_the_new_file_is_held_back_b
     assert sorted(message for message, _ in run1.output.records()) == sorted(
         [first, between, TRACE, "next"]
     )
-    held = next(group for group in run1.output.groups if between in group.messages)
-    for group in run1.output.groups:
-        if group is not held:
-            run1.output.settle(group)
+    run1.output.settle_all_but(between)
     delivered = dict(run1.output.records())
     await run1.kill()
 
-    log.write("after")
-    run2 = Run(tmp_path, log, java(), read_chunk_size=16 * 1024)
-    await run2.until_read("after")
-    replayed = run2.output.records()
-    await run2.kill()
+    replayed = await replay_after(tmp_path, log, java(), read_chunk_size=16 * 1024)
 
     # Read again: the stderr line (not delivered) and the whole trace under the id it had (its
     # header is read again too), then what came since; never its frames on their own.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shipper.docker_writer import DockerRootWriter
-from tests.unit.restart_runs import Run
+from tests.unit.restart_runs import Run, replay_after
 
 LONG = "x" * 20_000 + " the end of the long line"  # two entries: 16 KiB, then the rest
 
@@ -52,11 +52,7 @@ async def test_a_restart_reads_both_halves_of_a_line_split_across_a_rotation(
     delivered = run1.output.records()
     await run1.kill()
 
-    log.write("after")
-    run2 = Run(tmp_path, log)
-    await run2.until_read("after")
-    replayed = run2.output.records()
-    await run2.kill()
+    replayed = await replay_after(tmp_path, log)
 
     # Read again: "first" (not delivered), and the line split across the rotation, whole and
     # under the id it had, since its first part is read again; then what came since.
@@ -89,18 +85,11 @@ async def test_a_restart_reads_both_halves_when_the_later_file_is_held_back_befo
     await run1.until_read("next")
     messages = [message for message, _ in run1.output.records()]
     assert messages == [first, between, LONG, "next"]
-    held = next(group for group in run1.output.groups if between in group.messages)
-    for group in run1.output.groups:
-        if group is not held:
-            run1.output.settle(group)
+    run1.output.settle_all_but(between)
     delivered = run1.output.records()
     await run1.kill()
 
-    log.write("after")
-    run2 = Run(tmp_path, log, read_chunk_size=16 * 1024)
-    await run2.until_read("after")
-    replayed = run2.output.records()
-    await run2.kill()
+    replayed = await replay_after(tmp_path, log, read_chunk_size=16 * 1024)
 
     # Read again: the stderr line (not delivered) and the long line whole, under the id it had
     # (its first part is read again too), then what came since; never its rest on its own.
