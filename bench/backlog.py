@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 
-from file_output import _count_levels, machine_speed, prepare_input
+from file_output import RunPaths, _count_levels, machine_speed, prepare_input
 from generate import GeneratedRoot
 from scenario import (
     Deliveries,
@@ -99,11 +99,7 @@ def _run(args: argparse.Namespace) -> int:
             out=args.out, containers=args.containers, lines=per_container, seed=args.seed
         )
     )
-    spool = out / "backlog-bulk.spool"
-    state = out / "backlog-state"
-    config = out / "backlog-shipper.yaml"
-    log_path = out / "backlog-shipper.log"
-    shutil.rmtree(state, ignore_errors=True)
+    spool, state, config, log_path = RunPaths.fresh(out, "backlog")
 
     sink = TimedBulkSink(generated.lines, None if args.no_verify else spool, stall=args.stall_mode)
     write_config(

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 from file_output import (
+    RunPaths,
     Samples,
     _count_levels,
     _cpu_s,
@@ -557,12 +558,7 @@ def _failures(generated: GeneratedRoot, result: RunResult, sink: Sink, timeout: 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     out, root, generated = prepare_input(args)
-    spool = out / "es-bulk.spool"
-    state = out / "es-state"
-    config = out / "es-shipper.yaml"
-    log_path = out / "es-shipper.log"
-
-    shutil.rmtree(state, ignore_errors=True)
+    spool, state, config, log_path = RunPaths.fresh(out, "es")
     spool.unlink(missing_ok=True)
     verify = not args.no_verify and args.sink == "fast"
     sink: Sink = (

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from generate import GeneratedRoot, generate_root
@@ -298,6 +299,27 @@ def _machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+
+
+class RunPaths(NamedTuple):
+    """Where one benchmark run keeps its files in the working directory, named after the run."""
+
+    spool: Path
+    state: Path
+    config: Path
+    log: Path
+
+    @classmethod
+    def fresh(cls, out: Path, name: str, spool: str = "bulk.spool") -> RunPaths:
+        """The paths of run `name`, with the state an earlier run left wiped."""
+        paths = cls(
+            out / f"{name}-{spool}",
+            out / f"{name}-state",
+            out / f"{name}-shipper.yaml",
+            out / f"{name}-shipper.log",
+        )
+        shutil.rmtree(paths.state, ignore_errors=True)
+        return paths
 
 
 def machine_speed(rounds: int = 5) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 import orjson
 from es_output import FastBulkSink, RunResult, run_shipper
 from file_output import (
+    RunPaths,
     _count_levels,
     _machine,
     _table,
@@ -331,12 +332,7 @@ def _failures(
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     out, root, generated = prepare_input(args)
-    spool = out / "hec-events.spool"
-    state = out / "hec-state"
-    config = out / "hec-shipper.yaml"
-    log_path = out / "hec-shipper.log"
-
-    shutil.rmtree(state, ignore_errors=True)
+    spool, state, config, log_path = RunPaths.fresh(out, "hec", spool="events.spool")
     spool.unlink(missing_ok=True)
     verify = not args.no_verify
     sink = FastHecSink(generated.lines, spool if verify else None, acks=args.acks)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from file_output import _count_levels, machine_speed
+from file_output import RunPaths, _count_levels, machine_speed
 from generate import GeneratedContainer, GeneratedRoot
 from scenario import (
     Deliveries,
@@ -153,12 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     root = out / "live-tail-root"  # new logs every run: the writer appends to what it finds
-    spool = out / "live-bulk.spool"
-    state = out / "live-state"
-    config = out / "live-shipper.yaml"
-    log_path = out / "live-shipper.log"
+    spool, state, config, log_path = RunPaths.fresh(out, "live")
     shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(state, ignore_errors=True)
     per_container = 1 + round(args.rate * args.duration / args.containers)
     expected = args.containers * per_container
 

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 
-from file_output import _count_levels, machine_speed, prepare_input
+from file_output import RunPaths, _count_levels, machine_speed, prepare_input
 from generate import GeneratedRoot
 from scenario import (
     Deliveries,
@@ -82,11 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     # The generator keeps one log open per container: more than a 1,024 soft limit allows.
     with open_files_soft_limit(None):
         out, root, generated = prepare_input(args)
-    spool = out / "many-bulk.spool"
-    state = out / "many-state"
-    config = out / "many-shipper.yaml"
-    log_path = out / "many-shipper.log"
-    shutil.rmtree(state, ignore_errors=True)
+    spool, state, config, log_path = RunPaths.fresh(out, "many")
 
     sink = TimedBulkSink(generated.lines, spool)
     write_config(
