@@ -197,6 +197,7 @@ class ContainerFollower:
     # One per followed file, a thousand and more on a busy host: no __dict__ each.
     __slots__ = (
         "_backfill",
+        "_budget_key",
         "_handover",
         "_ignored",
         "_joiner",
@@ -211,7 +212,6 @@ class ContainerFollower:
         "_relist",
         "_reported",
         "_reserved",
-        "_reserved_key",
         "_settings",
         "_shaping",
         "_store",
@@ -277,7 +277,8 @@ class ContainerFollower:
         # Budget bytes acquired before the next read (see _reserve), handed to the pipeline
         # with the chunk read, or given back when nothing is emitted.
         self._reserved = 0
-        self._reserved_key: tuple[str, str] = ("", "")
+        # This container's key in the budget: the one Pipeline.ingest acquires the rest under.
+        self._budget_key = (source, container_id)
         # A follower's first reads are small and grow to `read_chunk_size` (see FIRST_READ).
         self._read_size = min(FIRST_READ, settings.read_chunk_size)
         self._last_reconcile = 0.0
@@ -821,22 +822,17 @@ class ContainerFollower:
         if not reader.compressed:
             size = min(size, reader.content_size() - generation.offset)
         if size > 0:
-            key = self._budget_key(generation)
             self.ingesting = True  # waiting for the budget is no stall
             try:
-                await self._pipeline.budget.acquire(size, key)
+                await self._pipeline.budget.acquire(size, self._budget_key)
             finally:
                 self.ingesting = False
-            self._reserved, self._reserved_key = size, key
+            self._reserved = size
 
     def _unreserve(self) -> None:
         if self._reserved:
-            self._pipeline.budget.release(self._reserved, self._reserved_key)
+            self._pipeline.budget.release(self._reserved, self._budget_key)
             self._reserved = 0
-
-    @staticmethod
-    def _budget_key(generation: _Generation) -> tuple[str, str]:
-        return (generation.file.source, generation.file.container_id)
 
     def _read(self, generation: _Generation) -> bytes:
         if generation.released:
